@@ -1,0 +1,62 @@
+"""export: Keras, SavedModel and TFLite files, a parity check, and the model card.
+
+Reads params ``export`` (and records every section in the card); writes ``models/export/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cxr import cli, params
+from cxr.dataset import load_split
+from cxr.export import TFLiteModel, export_all, model_card, model_card_markdown, parity
+from cxr.io import atomic_path, write_json, write_text
+
+log = logging.getLogger("export")
+MODEL = Path("models/model.keras")
+OUT = Path("models/export")
+
+
+def main() -> None:
+    cfg = params.section("export")
+    tolerance = params.require(cfg, "parity_tolerance", float, "export")
+    n_images = params.require(cfg, "parity_images", int, "export")
+    import keras
+
+    from cxr.model import predict
+
+    model = keras.saving.load_model(MODEL)
+    val = load_split("data/prepared", "val")
+    sample = val.images[:n_images]
+    keras_probs = predict(model, sample)
+    with atomic_path(OUT) as tmp:
+        tmp.mkdir(parents=True)
+        files = export_all(model, tmp)
+        checks = [parity(keras_probs, TFLiteModel(files["tflite"]).predict(sample), tolerance, "tflite (LiteRT)")]
+        reloaded = keras.saving.load_model(files["keras"])
+        checks.append(parity(keras_probs, predict(reloaded, sample), tolerance, "keras (reloaded)"))
+        card = model_card(
+            metrics=json.loads(Path("metrics.json").read_text()),
+            params=params.load(),
+            source=_read_json("data/raw/source.json"),
+            train_summary=_read_json("reports/train/summary.json"),
+            parity_checks=checks,
+            files={k: v.relative_to(tmp) for k, v in files.items()},
+        )
+        write_json(tmp / "model_card.json", card)
+        write_text(tmp / "model_card.md", model_card_markdown(card))
+    for check in checks:
+        log.info("parity %s: max |dp| %.2e (tolerance %s)", check["format"], check["max_abs_diff"], tolerance)
+    if card.get("warning"):
+        log.warning(card["warning"])
+
+
+def _read_json(path: str) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+if __name__ == "__main__":
+    cli.run(main, "export")
