@@ -275,7 +275,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig) -> tuple[li
 
         # Head phase on pooled features of the frozen network.
         t0 = time.time()
-        pooled = keras.Model(top.input, model.get_layer("pooled").output)
+        cut = model.get_layer(cfg.fine_tune_from).input
+        pooled = keras.Model(cut, model.get_layer("pooled").output)
         pool_call = lambda a: np.concatenate(  # noqa: E731
             [np.asarray(pooled(a[i : i + 256].astype(np.float32), training=False)) for i in range(0, len(a), 256)]
         )

@@ -1,0 +1,69 @@
+# The front door. `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+SHARED ?= ../shared
+SOURCE ?=
+WEIGHTS ?=
+
+.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server serve bench help
+
+help:
+	@echo "make run     - set up, then run the whole pipeline on params.yaml (default: synthetic, offline)"
+	@echo "make test    - set up, then run the test suite"
+	@echo "make real    - switch params to ../shared (data + ImageNet weights), then run"
+	@echo "make pin SRC=<folder|zip|url|synthetic> - pin a data set in data/pinned (data.dvc)"
+	@echo "make lock    - re-resolve requirements.lock from requirements.in"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.8
+	$(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode -q requirements.lock
+	touch $@
+
+lock: $(VENV)/.installed
+	$(BIN)/uv pip compile requirements.in -o requirements.lock --python $(BIN)/python
+
+run: setup
+	@if [ -n "$(SOURCE)$(WEIGHTS)" ]; then \
+	  $(BIN)/python -m cxr.params set $(if $(SOURCE),download.source=$(SOURCE)) $(if $(WEIGHTS),train.weights=$(WEIGHTS)); fi
+	$(BIN)/dvc repro
+
+real:
+	$(MAKE) run SOURCE=$(SHARED)/data/chest_xray_224 \
+	  WEIGHTS=$(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+pin: setup
+	@test -n "$(SRC)" || (echo "usage: make pin SRC=<folder|zip|url|synthetic>"; exit 2)
+	$(BIN)/python -m stages.download --pin "$(SRC)"
+	test -f data.dvc || printf 'outs:\n- path: data/pinned\n' > data.dvc
+	$(BIN)/dvc add data/pinned
+	@echo "pinned: commit data.dvc and data/pinned.ref, then 'dvc push' to share the data"
+
+push: setup
+	$(BIN)/dvc push
+
+pull: setup
+	$(BIN)/dvc pull data.dvc
+
+clean:
+	rm -rf data/raw data/prepared models reports/validation
