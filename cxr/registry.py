@@ -1,0 +1,209 @@
+"""The BentoML model store as a registry: promote, find, list, roll back.
+
+Every promoted model is an immutable store entry ``cxr-pneumonia:<version>`` holding the
+exported files and its lineage (data set hash, git revision, params, metrics, decision
+threshold, gate verdict) as labels and metadata. Which entry is *the* promoted one is an
+alias file, ``$BENTOML_HOME/aliases/cxr-pneumonia.json``, replaced by an atomic rename:
+an interrupted promotion leaves the previous champion in place, and a rollback is one
+rename. ``service.py`` serves whatever the alias names.
+
+CLI: ``python -m cxr.registry list | show | rollback [TAG]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from cxr import UserError
+from cxr.io import write_json
+
+MODEL_NAME = "cxr-pneumonia"
+EXPORT_FILES = ("model.keras", "model.tflite", "model_card.json", "model_card.md")
+
+
+def bentoml_home() -> Path:
+    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+
+
+def alias_path(name: str = MODEL_NAME) -> Path:
+    return bentoml_home() / "aliases" / f"{name}.json"
+
+
+def _read_alias(name: str = MODEL_NAME) -> dict:
+    path = alias_path(name)
+    if not path.exists():
+        return {"promoted": None, "history": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt: fix it or roll back with 'python -m cxr.registry rollback TAG'") from None
+
+
+def _write_alias(tag: str, reason: str, name: str = MODEL_NAME) -> None:
+    alias = _read_alias(name)
+    alias["history"] = (alias.get("history") or []) + [
+        {"tag": tag, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": reason}
+    ]
+    alias["promoted"] = tag
+    write_json(alias_path(name), alias)
+
+
+def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
+    """(labels, metadata) for a store entry, from the model card and the gate verdict."""
+    test = (card.get("metrics") or {}).get("test") or {}
+    at_thr = test.get("at_threshold") or {}
+    data = card.get("data") or {}
+    git = card.get("git") or {}
+    labels = {
+        "project": "cxr-screening",
+        "dataset_hash": str(data.get("dataset_hash") or "")[:12],
+        "git_commit": str(git.get("commit") or "")[:12],
+        "synthetic": str(bool(data.get("synthetic"))).lower(),
+    }
+    metadata = {
+        "decision_threshold": card.get("decision_threshold"),
+        "target_recall": card.get("target_recall"),
+        "imaging": (card.get("model") or {}).get("imaging"),
+        "dataset_hash": data.get("dataset_hash"),
+        "dataset_source": data.get("source"),
+        "synthetic": bool(data.get("synthetic")),
+        "test_split": data.get("test_split"),
+        "git_commit": git.get("commit"),
+        "git_dirty": git.get("dirty"),
+        "roc_auc": test.get("roc_auc"),
+        "pr_auc": test.get("pr_auc"),
+        "recall": at_thr.get("recall"),
+        "specificity": at_thr.get("specificity"),
+        "precision": at_thr.get("precision"),
+        "accuracy": at_thr.get("accuracy"),
+        "params": card.get("params"),
+        "gate": verdict,
+        "notice": "Screening aid, not a diagnosis.",
+    }
+    return labels, metadata
+
+
+def add(export_dir: str | Path, verdict: dict | None = None):
+    """Copy an export into a new immutable store entry (not yet promoted). Returns the model."""
+    import bentoml
+
+    export_dir = Path(export_dir)
+    missing = [f for f in EXPORT_FILES if not (export_dir / f).exists()]
+    if missing:
+        raise UserError(f"{export_dir} lacks {missing}: run the export stage first")
+    card = json.loads((export_dir / "model_card.json").read_text())
+    labels, metadata = lineage(card, verdict)
+    # create() writes into a temporary directory and saves on a clean exit only.
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
+        for name in EXPORT_FILES:
+            shutil.copy2(export_dir / name, Path(model.path) / name)
+    return bentoml.models.get(model.tag)
+
+
+def promote(export_dir: str | Path, verdict: dict | None = None) -> str:
+    """Add the export to the store and make it the promoted model (alias swap last)."""
+    model = add(export_dir, verdict)
+    _write_alias(str(model.tag), "promoted by gate" if verdict else "promoted")
+    return str(model.tag)
+
+
+def promoted_tag(name: str = MODEL_NAME) -> str | None:
+    return _read_alias(name).get("promoted")
+
+
+def promoted(name: str = MODEL_NAME):
+    """The promoted store entry; a clear error when there is none."""
+    import bentoml
+
+    tag = promoted_tag(name)
+    if not tag:
+        raise UserError(
+            f"no promoted {name} model in the BentoML store at {bentoml_home()}: run the pipeline "
+            "flow (make run) so a model passes the gate, or 'python -m cxr.registry rollback TAG'"
+        )
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise UserError(f"the promoted model {tag} is missing from the store at {bentoml_home()}") from None
+
+
+def list_models(name: str = MODEL_NAME) -> list[dict]:
+    import bentoml
+
+    current = promoted_tag(name)
+    rows = []
+    for m in bentoml.models.list(name):
+        md = m.info.metadata
+        rows.append({
+            "tag": str(m.tag),
+            "created": m.info.creation_time.isoformat(timespec="seconds"),
+            "promoted": str(m.tag) == current,
+            "synthetic": md.get("synthetic"),
+            "dataset_hash": (md.get("dataset_hash") or "")[:12],
+            "git_commit": (md.get("git_commit") or "")[:12],
+            "roc_auc": md.get("roc_auc"),
+            "recall": md.get("recall"),
+            "specificity": md.get("specificity"),
+            "threshold": md.get("decision_threshold"),
+        })
+    return sorted(rows, key=lambda r: r["created"])
+
+
+def rollback(tag: str | None = None, name: str = MODEL_NAME) -> str:
+    """Promote ``tag``, or the model promoted before the current one."""
+    import bentoml
+
+    alias = _read_alias(name)
+    current = alias.get("promoted")
+    if tag is None:
+        earlier = [h["tag"] for h in alias.get("history", []) if h["tag"] != current]
+        if not earlier:
+            raise UserError("nothing to roll back to: no earlier promoted model")
+        tag = earlier[-1]
+    if ":" not in tag:
+        tag = f"{name}:{tag}"
+    try:
+        bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise UserError(f"no model {tag} in the store (see 'python -m cxr.registry list')") from None
+    _write_alias(tag, f"rollback from {current}")
+    return tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxr.registry", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every stored model with its metrics; * marks the promoted one")
+    sub.add_parser("show", help="the promoted model's tag, labels and metadata")
+    rb = sub.add_parser("rollback", help="promote TAG, or the previously promoted model")
+    rb.add_argument("tag", nargs="?")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            rows = list_models()
+            if not rows:
+                print(f"no {MODEL_NAME} models in {bentoml_home()}")
+            for r in rows:
+                print(f"{'*' if r['promoted'] else ' '} {r['tag']:<40} {r['created']}  AUC {r['roc_auc']}  "
+                      f"recall {r['recall']}  spec {r['specificity']}  thr {r['threshold']}  "
+                      f"data {r['dataset_hash']}{' (synthetic)' if r['synthetic'] else ''}  git {r['git_commit']}")
+        elif args.command == "show":
+            model = promoted()
+            print(json.dumps({"tag": str(model.tag), "labels": model.info.labels,
+                              "metadata": model.info.metadata, "path": str(model.path)}, indent=2, default=str))
+        else:
+            print(f"promoted: {rollback(args.tag)}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
