@@ -1,0 +1,106 @@
+"""End to end: `dvc repro` of all six stages on a tiny synthetic set, in a copy of the repo.
+
+Also the reproducibility promises: a second `dvc repro` runs nothing, changing one param
+reruns only the stages that read it, `dvc metrics diff` and `dvc plots show` work.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.shared_paths import REPO
+
+pytestmark = pytest.mark.slow
+DVC = str(Path(sys.executable).parent / "dvc")
+
+TINY = {
+    "download.synthetic.patients": "{NORMAL: 14, PNEUMONIA: 18}",
+    "download.synthetic.images_per_patient": "[1, 2]",
+    "download.synthetic.size": "96",
+    "validate.min_per_class": "5",
+    "split.val_fraction": "0.25",
+    "split.test_fraction": "0.25",
+    "imaging.image_size": "64",
+    "model.alpha": "0.35",
+    "train.batch_size": "16",
+    "train.head_epochs": "2",
+    "train.fine_tune_epochs": "2",
+    "export.parity_images": "16",
+}
+
+
+def run(cmd, cwd, **kw):
+    env = {**os.environ, "PYTHONPATH": str(cwd), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    run(["git", "init", "-q"], root)
+    run([sys.executable, "-m", "cxr.params", "set", *[f"{k}={v}" for k, v in TINY.items()]], root).check_returncode()
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"], root).check_returncode()
+    return root
+
+
+def test_full_repro_then_noop_then_one_param(project):
+    first = run([DVC, "repro"], project)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert ran_stages(first.stdout) == ["download", "validate", "split", "train", "evaluate", "export"]
+    for path in ["metrics.json", "models/export/model.tflite", "models/export/saved_model",
+                 "models/export/model_card.md", "reports/validation/data_docs/index.html",
+                 "reports/plots/roc.json", "reports/train/history.csv"]:
+        assert (project / path).exists(), path
+    card = json.loads((project / "models/export/model_card.json").read_text())
+    assert card["data"]["synthetic"] is True and "NOT a medical model" in card["warning"]
+    assert "not a diagnosis" in card["intended_use"]
+    assert card["parity"][0]["passed"] is True
+
+    second = run([DVC, "repro"], project)
+    assert second.returncode == 0 and ran_stages(second.stdout) == []
+
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run 1"], project).check_returncode()
+    run([sys.executable, "-m", "cxr.params", "set", "evaluate.target_recall=0.9"], project).check_returncode()
+    third = run([DVC, "repro"], project)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert ran_stages(third.stdout) == ["evaluate", "export"]
+
+    diff = run([DVC, "metrics", "diff", "HEAD", "--json"], project)
+    assert diff.returncode == 0
+    changed = json.loads(diff.stdout)["metrics.json"]
+    assert "target_recall" in changed and changed["target_recall"]["new"] == 0.9
+
+    plots = run([DVC, "plots", "show", "-o", "plots_html"], project)
+    assert plots.returncode == 0, plots.stderr
+    html = (project / "plots_html" / "index.html").read_text()
+    for title in ("ROC", "Precision-recall", "Confusion matrix", "Training curves"):
+        assert title in html
+
+
+def test_bad_param_stops_the_stage_with_a_message(project):
+    run([sys.executable, "-m", "cxr.params", "set", "imaging.intensity=clahe"], project).check_returncode()
+    try:
+        out = run([DVC, "repro", "split"], project)
+        assert out.returncode != 0
+        assert "imaging.intensity" in out.stderr + out.stdout
+        assert "Traceback" not in out.stderr
+    finally:
+        run([sys.executable, "-m", "cxr.params", "set", "imaging.intensity=equalize"], project)
