@@ -13,11 +13,17 @@ export DO_NOT_TRACK ?= 1
 SHARED ?= ../shared
 SOURCE ?=
 WEIGHTS ?=
+FLOW_ARGS ?=
 
-.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server serve bench help
+.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bench help
 
 help:
-	@echo "make run     - set up, then run the whole pipeline on params.yaml (default: synthetic, offline)"
+	@echo "make run     - set up, then run the whole pipeline as a Prefect flow: dvc stages, gate, promotion"
+	@echo "               (default data: synthetic, offline; FLOW_ARGS=--dask for a local Dask cluster)"
+	@echo "make repro   - the DVC pipeline alone (no gate, no promotion)"
+	@echo "make prefect-server - a local Prefect server + UI on http://127.0.0.1:4200 (make run then reports there)"
+	@echo "make models  - the BentoML store's models with their metrics; * = promoted"
+	@echo "make rollback [TAG=...] - promote TAG, or the previously promoted model"
 	@echo "make test    - set up, then run the test suite"
 	@echo "make real    - switch params to ../shared (data + ImageNet weights), then run"
 	@echo "make pin SRC=<folder|zip|url|synthetic> - pin a data set in data/pinned (data.dvc)"
@@ -37,7 +43,7 @@ lock: $(VENV)/.installed
 run: setup
 	@if [ -n "$(SOURCE)$(WEIGHTS)" ]; then \
 	  $(BIN)/python -m cxr.params set $(if $(SOURCE),download.source=$(SOURCE)) $(if $(WEIGHTS),train.weights=$(WEIGHTS)); fi
-	$(BIN)/dvc repro
+	$(BIN)/python -m pipelines.flow $(FLOW_ARGS)
 
 real:
 	$(MAKE) run SOURCE=$(SHARED)/data/chest_xray_224 \
@@ -64,6 +70,15 @@ push: setup
 
 pull: setup
 	$(BIN)/dvc pull data.dvc
+
+prefect-server: setup
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+models: setup
+	$(BIN)/python -m cxr.registry list
+
+rollback: setup
+	$(BIN)/python -m cxr.registry rollback $(TAG)
 
 clean:
 	rm -rf data/raw data/prepared models reports/validation

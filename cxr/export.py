@@ -137,6 +137,7 @@ def model_card(*, metrics: dict, params: dict, source: dict, train_summary: dict
             "dataset_hash": source.get("dataset_hash"),
             "counts": source.get("counts"),
             "test_split": metrics.get("data", {}).get("test_split"),
+            "test_split_hash": metrics.get("data", {}).get("test_split_hash"),
             "citation": CITATION,
         },
         "metrics": {"test": metrics.get("test"), "val": metrics.get("val")},

@@ -72,3 +72,14 @@ def curves(labels: np.ndarray, scores: np.ndarray, points: int = 200) -> dict[st
         for i in thin(len(recall))
     ]
     return {"roc": roc_rows, "pr": pr_rows, "roc_auc_trapezoid": float(auc(fpr, tpr))}
+
+
+def test_split_hash(dataset_hash: str | None, paths) -> str:
+    """Identity of a test split: the data set and exactly which of its images. Two models'
+    test figures are comparable only when this matches (the gate's no-regression rule)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{dataset_hash}\n".encode())
+    for path in sorted(str(p) for p in paths):
+        digest.update(f"{path}\n".encode())
+    return digest.hexdigest()

@@ -74,6 +74,7 @@ def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
         "dataset_source": data.get("source"),
         "synthetic": bool(data.get("synthetic")),
         "test_split": data.get("test_split"),
+        "test_split_hash": data.get("test_split_hash"),
         "git_commit": git.get("commit"),
         "git_dirty": git.get("dirty"),
         "roc_auc": test.get("roc_auc"),

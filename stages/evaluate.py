@@ -16,7 +16,7 @@ import numpy as np
 from cxr import LABELS, SYNTHETIC_WARNING, cli, params
 from cxr.dataset import load_split
 from cxr.io import write_csv, write_json
-from cxr.metrics import at_threshold, choose_threshold, curves, ranking
+from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
 
 log = logging.getLogger("evaluate")
 PREPARED = Path("data/prepared")
@@ -59,6 +59,7 @@ def main() -> None:
             "synthetic": bool(source.get("synthetic", False)),
             "dataset_hash": source.get("dataset_hash"),
             "test_split": "source test/ folder" if "test" in raw_splits else "carved from train by patient",
+            "test_split_hash": test_split_hash(source.get("dataset_hash"), test.paths),
         },
     }
     write_json("metrics.json", metrics)

@@ -1,0 +1,155 @@
+"""The metrics gate: may this challenger replace the promoted champion?
+
+Two kinds of rule, thresholds in ``params.yaml`` ``gate``:
+
+- absolute floors on the challenger's test metrics at the decision threshold chosen on
+  validation: recall >= ``min_recall``, specificity >= ``min_specificity``, ROC AUC >=
+  ``min_roc_auc``;
+- no regression against the champion beyond ``max_regression`` (ROC AUC, recall and
+  specificity) -- only when both were measured on the *same* test split (same data set and
+  same test images, compared by ``test_split_hash``). Otherwise the verdict says the data
+  set differs and only the floors decide: figures from different test sets are not
+  comparable, and a champion may even have trained on the challenger's test images.
+
+The verdict is plain data (every figure, its threshold, pass/fail, a one-line reason) so
+the flow can publish it as an artifact and the registry can store it with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cxr import UserError, params
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_recall: float
+    min_specificity: float
+    min_roc_auc: float
+    max_regression: float
+    allow_synthetic: bool = True
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> "GateConfig":
+        out = cls(
+            min_recall=params.require(cfg, "min_recall", float, "gate"),
+            min_specificity=params.require(cfg, "min_specificity", float, "gate"),
+            min_roc_auc=params.require(cfg, "min_roc_auc", float, "gate"),
+            max_regression=params.require(cfg, "max_regression", float, "gate"),
+            allow_synthetic=bool(cfg.get("allow_synthetic", True)),
+        )
+        for name in ("min_recall", "min_specificity", "min_roc_auc", "max_regression"):
+            params.in_range(getattr(out, name), 0.0, 1.0, f"gate.{name}")
+        return out
+
+
+def figures(metrics: dict) -> dict:
+    """The gated figures of an evaluate-stage ``metrics.json`` (or a store entry's metadata)."""
+    if "test" in metrics:  # metrics.json
+        test = metrics.get("test") or {}
+        at = test.get("at_threshold") or {}
+        data = metrics.get("data") or {}
+        out = {
+            "roc_auc": test.get("roc_auc"),
+            "recall": at.get("recall"),
+            "specificity": at.get("specificity"),
+            "threshold": metrics.get("threshold"),
+            "dataset_hash": data.get("dataset_hash"),
+            "test_split_hash": data.get("test_split_hash"),
+            "synthetic": bool(data.get("synthetic")),
+        }
+    else:  # registry metadata (cxr.registry.lineage)
+        out = {
+            "roc_auc": metrics.get("roc_auc"),
+            "recall": metrics.get("recall"),
+            "specificity": metrics.get("specificity"),
+            "threshold": metrics.get("decision_threshold"),
+            "dataset_hash": metrics.get("dataset_hash"),
+            "test_split_hash": metrics.get("test_split_hash"),
+            "synthetic": bool(metrics.get("synthetic")),
+        }
+    return out
+
+
+def _check(name: str, value, op: str, threshold: float, kind: str) -> dict:
+    passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+    return {"check": name, "kind": kind, "value": value, "op": op, "threshold": round(threshold, 6), "passed": passed}
+
+
+def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = None,
+           champion_tag: str | None = None) -> dict:
+    """The verdict for a challenger (``metrics.json``) against an optional champion (its
+    store metadata, or figures re-measured on the current test split)."""
+    ch = figures(challenger_metrics)
+    if any(ch[k] is None for k in ("roc_auc", "recall", "specificity")):
+        raise UserError("metrics.json lacks test roc_auc/recall/specificity: run the evaluate stage first")
+    checks = [
+        _check("recall at threshold", ch["recall"], ">=", cfg.min_recall, "floor"),
+        _check("specificity at threshold", ch["specificity"], ">=", cfg.min_specificity, "floor"),
+        _check("ROC AUC", ch["roc_auc"], ">=", cfg.min_roc_auc, "floor"),
+    ]
+    if ch["synthetic"] and not cfg.allow_synthetic:
+        checks.append({"check": "real (non-synthetic) data", "kind": "floor", "value": "synthetic",
+                       "op": "==", "threshold": "real", "passed": False})
+
+    comparison = "no champion: floors only"
+    if champion is not None:
+        champ = figures(champion)
+        same_split = bool(ch["test_split_hash"]) and ch["test_split_hash"] == champ["test_split_hash"]
+        if not same_split:
+            comparison = (f"data set differs from the champion's ({champion_tag}): test split "
+                          f"{_short(ch['test_split_hash'])} vs {_short(champ['test_split_hash'])}; floors only")
+        else:
+            comparison = f"champion {champion_tag} on the same test split {_short(ch['test_split_hash'])}"
+            for key, label in (("roc_auc", "ROC AUC"), ("recall", "recall at threshold"),
+                               ("specificity", "specificity at threshold")):
+                if champ[key] is not None:
+                    checks.append(_check(f"{label} vs champion", ch[key], ">=",
+                                         champ[key] - cfg.max_regression, "no-regression"))
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        reason = "gate FAILED: " + "; ".join(
+            f"{c['check']} {_fmt(c['value'])} (needs {c['op']} {_fmt(c['threshold'])})" for c in failed)
+    else:
+        reason = f"gate passed: {len(checks)} checks ({comparison})"
+    return {
+        "passed": not failed,
+        "reason": reason,
+        "comparison": comparison,
+        "champion": champion_tag,
+        "challenger": ch,
+        "checks": checks,
+        "config": asdict(cfg),
+    }
+
+
+def _short(value) -> str:
+    return str(value)[:12] if value else "unknown"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def verdict_markdown(verdict: dict) -> str:
+    """The verdict as the Prefect artifact shows it: every figure and its threshold."""
+    head = "PASSED" if verdict["passed"] else "FAILED"
+    lines = [
+        f"# Gate {head}",
+        "",
+        verdict["reason"],
+        "",
+        f"Comparison: {verdict['comparison']}",
+        "",
+        "| check | kind | value | rule | result |",
+        "|---|---|---|---|---|",
+    ]
+    for c in verdict["checks"]:
+        lines.append(f"| {c['check']} | {c['kind']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
+                     f"{'pass' if c['passed'] else '**FAIL**'} |")
+    ch = verdict["challenger"]
+    lines += ["", f"Decision threshold {ch['threshold']} (chosen on validation); data set "
+              f"`{_short(ch['dataset_hash'])}`, test split `{_short(ch['test_split_hash'])}`"
+              f"{' (SYNTHETIC: not a medical model)' if ch['synthetic'] else ''}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""The metrics gate: floors, the no-regression rule, and when champion and challenger compare."""
+
+import pytest
+
+from cxr import UserError
+from cxr.gate import GateConfig, decide, verdict_markdown
+
+CFG = GateConfig(min_recall=0.99, min_specificity=0.8, min_roc_auc=0.95, max_regression=0.01)
+
+
+def metrics(auc=0.98, recall=0.995, spec=0.85, split="split-a", synthetic=False):
+    """An evaluate-stage metrics.json, reduced to what the gate reads."""
+    return {"threshold": 0.3,
+            "test": {"roc_auc": auc, "at_threshold": {"recall": recall, "specificity": spec}},
+            "data": {"dataset_hash": "d" * 64, "test_split_hash": split, "synthetic": synthetic}}
+
+
+def failed(verdict):
+    return sorted(c["check"] for c in verdict["checks"] if not c["passed"])
+
+
+def test_a_model_above_every_floor_passes_without_a_champion():
+    verdict = decide(metrics(), CFG)
+    assert verdict["passed"] and verdict["comparison"].startswith("no champion")
+    assert [c["kind"] for c in verdict["checks"]] == ["floor"] * 3
+
+
+@pytest.mark.parametrize("field,value,check", [
+    ("recall", 0.98, "recall at threshold"),
+    ("spec", 0.79, "specificity at threshold"),
+    ("auc", 0.949, "ROC AUC"),
+])
+def test_each_floor_fails_on_its_own(field, value, check):
+    verdict = decide(metrics(**{field: value}), CFG)
+    assert not verdict["passed"]
+    assert failed(verdict) == [check]
+    assert check in verdict["reason"] and "needs >=" in verdict["reason"]
+
+
+def test_no_regression_against_a_champion_on_the_same_test_split():
+    champion = metrics(auc=0.99, recall=0.995, spec=0.90)
+    ok = decide(metrics(auc=0.985, spec=0.895), CFG, champion, "cxr-pneumonia:old")
+    assert ok["passed"], ok["reason"]
+    assert sum(c["kind"] == "no-regression" for c in ok["checks"]) == 3
+
+    worse = decide(metrics(auc=0.975, spec=0.88), CFG, champion, "cxr-pneumonia:old")
+    assert not worse["passed"]
+    assert failed(worse) == ["ROC AUC vs champion", "specificity at threshold vs champion"]
+    assert "cxr-pneumonia:old" in worse["comparison"]
+
+
+def test_a_champion_from_another_test_split_is_not_compared():
+    champion = metrics(auc=0.999, spec=0.99, split="split-b")
+    verdict = decide(metrics(auc=0.96, spec=0.81), CFG, champion, "cxr-pneumonia:old")
+    assert verdict["passed"]
+    assert "data set differs" in verdict["comparison"] and "floors only" in verdict["comparison"]
+    assert all(c["kind"] == "floor" for c in verdict["checks"])
+
+
+def test_registry_metadata_works_as_the_champion():
+    champion_metadata = {"roc_auc": 0.99, "recall": 1.0, "specificity": 0.95, "decision_threshold": 0.2,
+                         "test_split_hash": "split-a", "dataset_hash": "d" * 64, "synthetic": False}
+    verdict = decide(metrics(spec=0.9), CFG, champion_metadata, "cxr-pneumonia:old")
+    assert failed(verdict) == ["specificity at threshold vs champion"]
+
+
+def test_synthetic_models_can_be_refused():
+    strict = GateConfig(0.0, 0.0, 0.0, 0.01, allow_synthetic=False)
+    assert decide(metrics(synthetic=False), strict)["passed"]
+    verdict = decide(metrics(synthetic=True), strict)
+    assert failed(verdict) == ["real (non-synthetic) data"]
+
+
+def test_missing_metrics_and_bad_params_are_user_errors():
+    with pytest.raises(UserError, match="evaluate stage"):
+        decide({"test": {}}, CFG)
+    with pytest.raises(UserError, match="gate.min_recall"):
+        GateConfig.from_params({"min_recall": 1.5, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.0})
+    with pytest.raises(UserError, match="gate.max_regression"):
+        GateConfig.from_params({"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9})
+
+
+def test_the_verdict_artifact_lists_every_figure_and_threshold():
+    verdict = decide(metrics(spec=0.5), CFG, metrics(), "cxr-pneumonia:old")
+    md = verdict_markdown(verdict)
+    assert md.startswith("# Gate FAILED")
+    for c in verdict["checks"]:
+        assert c["check"] in md
+    assert "0.5000" in md and ">= 0.8000" in md and "**FAIL**" in md
