@@ -35,7 +35,15 @@ MAX_BYTES = 30 * 1024 * 1024
 
 
 class ImageError(UserError):
-    """The bytes are not a usable X-ray image; the message says why, for an API answer."""
+    """The bytes are not a usable X-ray image; the message says why, for an API answer.
+
+    ``kind`` names the reason for callers that map it to a status code (serving):
+    empty, too_large, unsupported, too_many_pixels, too_small, corrupt.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -60,26 +68,26 @@ class ImagingConfig:
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
     """Open and check an image without decoding its pixels yet (bombs are refused from the header)."""
     if not data:
-        raise ImageError("empty upload: no image bytes received")
+        raise ImageError("empty upload: no image bytes received", "empty")
     if len(data) > max_bytes:
-        raise ImageError(f"image too large: {len(data)} bytes (limit {max_bytes})")
+        raise ImageError(f"image too large: {len(data)} bytes (limit {max_bytes})", "too_large")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image refused: too many pixels ({exc})") from None
+        raise ImageError(f"image refused: too many pixels ({exc})", "too_many_pixels") from None
     except Image.DecompressionBombWarning:
-        raise ImageError("image refused: too many pixels (decompression bomb guard)") from None
+        raise ImageError("image refused: too many pixels (decompression bomb guard)", "too_many_pixels") from None
     except Exception:  # PIL raises several types for unknown formats
-        raise ImageError("not a supported image: expected JPEG or PNG bytes") from None
+        raise ImageError("not a supported image: expected JPEG or PNG bytes", "unsupported") from None
     if img.format not in ("JPEG", "PNG", "MPO"):
-        raise ImageError(f"unsupported image format {img.format}: expected JPEG or PNG")
+        raise ImageError(f"unsupported image format {img.format}: expected JPEG or PNG", "unsupported")
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(f"image refused: {width}x{height} pixels exceeds the {max_pixels} pixel limit")
+        raise ImageError(f"image refused: {width}x{height} pixels exceeds the {max_pixels} pixel limit", "too_many_pixels")
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise ImageError(f"image too small: {width}x{height} (minimum {MIN_SIDE}x{MIN_SIDE})")
+        raise ImageError(f"image too small: {width}x{height} (minimum {MIN_SIDE}x{MIN_SIDE})", "too_small")
     return img
 
 
@@ -112,7 +120,7 @@ def preprocess_image(img: Image.Image, cfg: ImagingConfig) -> np.ndarray:
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+        raise ImageError(f"corrupt or truncated image: {exc}", "corrupt") from None
     if cfg.intensity == "equalize":
         gray = ImageOps.equalize(gray)
     elif cfg.intensity == "autocontrast":

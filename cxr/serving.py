@@ -1,0 +1,344 @@
+"""Request/response logic of the served model, shared by ``service.py`` and the Lambda handler.
+
+Nothing here knows BentoML: it turns uploaded bytes into model input with THE training
+preprocessing (:func:`cxr.imaging.preprocess_bytes`), fetches an image URL only when an
+operator allowlisted its host (size- and time-limited; local paths never), runs the
+exported TFLite model (LiteRT) and Keras only for Grad-CAM, and builds the answers.
+
+Every refusal is a :class:`RequestError` with an HTTP status (400/403/413/415/422) and a
+specific message; the service turns it into a JSON error, never a traceback. Image bytes
+are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from cxr import LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
+from cxr.imaging import MAX_BYTES, ImageError, ImagingConfig, preprocess_bytes
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_IMAGES = 32
+# A request body may carry one image of MAX_BYTES plus multipart framing; a batch is
+# limited by the same total (the middleware in service.py refuses larger bodies unread).
+MAX_REQUEST_BYTES = MAX_BYTES + 2 * 1024 * 1024
+URL_ALLOWLIST_ENV = "CXR_URL_ALLOWLIST"      # comma-separated hosts; '*.example.org' for subdomains
+URL_MAX_BYTES_ENV = "CXR_URL_MAX_BYTES"
+URL_TIMEOUT_ENV = "CXR_URL_TIMEOUT_S"
+DEFAULT_URL_TIMEOUT_S = 10.0
+
+STATUS_BY_KIND = {
+    "empty": 400,
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "unsupported": 415,
+    "too_small": 422,
+    "corrupt": 422,
+}
+
+
+class RequestError(UserError):
+    """A refused request: ``status`` is the HTTP status, ``str(exc)`` the message for the caller."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+    def to_dict(self) -> dict:
+        return {"error": str(self), "status": self.status}
+
+
+# ---------------------------------------------------------------- image bytes -> model input
+
+DICOM_MAGIC_OFFSET = 128
+
+
+def sniff(data: bytes) -> str | None:
+    """The container format from magic bytes (the client's content type is not trusted)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return "dicom"
+    return None
+
+
+def decode(data: bytes | None, cfg: ImagingConfig, *, what: str = "image") -> np.ndarray:
+    """Uploaded bytes -> uint8 ``[S, S]`` via :func:`cxr.imaging.preprocess_bytes`, or RequestError."""
+    if data is None or len(data) == 0:
+        raise RequestError(f"empty {what}: no image bytes received (send a JPEG or PNG file)", 400)
+    if len(data) > MAX_BYTES:
+        raise RequestError(f"{what} too large: {len(data)} bytes (limit {MAX_BYTES})", 413)
+    kind = sniff(data)
+    if kind == "dicom":
+        raise RequestError(
+            f"{what} is DICOM, which this service does not read yet: export the image as PNG "
+            "(16-bit grayscale is fine) or JPEG", 415)
+    if kind is None:
+        raise RequestError(f"{what} is not a JPEG or PNG file (unrecognised leading bytes)", 415)
+    try:
+        return preprocess_bytes(data, cfg)
+    except ImageError as exc:
+        raise RequestError(f"{what}: {exc}", STATUS_BY_KIND.get(exc.kind, 422)) from None
+    except (MemoryError, Image.DecompressionBombError) as exc:  # belt and braces
+        raise RequestError(f"{what} refused: too large to decode ({type(exc).__name__})", 413) from None
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must be a 4xx about this input, not a 500
+        log.warning("decoder failed on an upload: %s", type(exc).__name__)
+        raise RequestError(f"{what} could not be decoded: {type(exc).__name__}", 422) from None
+
+
+# ---------------------------------------------------------------- safe URL fetching
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Which hosts may be fetched, how many bytes, how long. Empty allowlist: fetching off."""
+
+    allowlist: tuple[str, ...] = ()
+    max_bytes: int = MAX_BYTES
+    timeout_s: float = DEFAULT_URL_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "UrlPolicy":
+        env = os.environ if env is None else env
+        hosts = tuple(h.strip().lower() for h in env.get(URL_ALLOWLIST_ENV, "").split(",") if h.strip())
+        try:
+            max_bytes = int(env.get(URL_MAX_BYTES_ENV, MAX_BYTES))
+            timeout = float(env.get(URL_TIMEOUT_ENV, DEFAULT_URL_TIMEOUT_S))
+        except ValueError:
+            raise UserError(f"{URL_MAX_BYTES_ENV} must be an int and {URL_TIMEOUT_ENV} a number") from None
+        return cls(hosts, min(max_bytes, MAX_BYTES), timeout)
+
+    def allows(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        for entry in self.allowlist:
+            if entry.startswith("*.") and host.endswith(entry[1:]) and host != entry[2:]:
+                return True
+            if host == entry:
+                return True
+        return False
+
+
+def fetch_url(url: str, policy: UrlPolicy) -> bytes:
+    """GET an image from an allowlisted http(s) host; no redirects, bounded size and time."""
+    import httpx
+
+    if not isinstance(url, str) or not url.strip():
+        raise RequestError("'url' must be a non-empty string", 400)
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise RequestError(
+            f"'url' must be an http(s) URL; scheme {parts.scheme or '(none)'!r} refused (local paths are never read)", 400)
+    if not policy.allowlist:
+        raise RequestError(
+            f"fetching images by URL is disabled on this server (the operator enables it per host with "
+            f"{URL_ALLOWLIST_ENV}); upload the file instead", 403)
+    host = parts.hostname or ""
+    if parts.username or parts.password:
+        raise RequestError("'url' must not carry credentials", 400)
+    if not policy.allows(host):
+        raise RequestError(f"host {host!r} is not in this server's URL allowlist", 403)
+    deadline = time.monotonic() + policy.timeout_s
+    chunks, total = [], 0
+    try:
+        with httpx.Client(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+            with client.stream("GET", url.strip(), headers={"Accept": "image/jpeg, image/png"}) as resp:
+                if resp.is_redirect:
+                    raise RequestError(f"{url} answered a redirect ({resp.status_code}); redirects are not followed", 422)
+                if resp.status_code != 200:
+                    raise RequestError(f"could not fetch {url}: HTTP {resp.status_code}", 422)
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                    raise RequestError(f"{url} is {declared} bytes (limit {policy.max_bytes})", 413)
+                for chunk in resp.iter_bytes(64 * 1024):
+                    total += len(chunk)
+                    if total > policy.max_bytes:
+                        raise RequestError(f"{url} exceeds {policy.max_bytes} bytes", 413)
+                    if time.monotonic() > deadline:
+                        raise RequestError(f"fetching {url} took longer than {policy.timeout_s:g} s", 422)
+                    chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise RequestError(f"fetching {url} timed out after {policy.timeout_s:g} s", 422) from None
+    except httpx.HTTPError as exc:
+        raise RequestError(f"could not fetch {url}: {type(exc).__name__}", 422) from None
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- the served model
+
+
+def _imaging_from(metadata: dict, card: dict) -> ImagingConfig:
+    """The imaging config the model was trained with: store metadata, else the model card."""
+    cfg = metadata.get("imaging") or (card.get("model") or {}).get("imaging")
+    if not cfg:
+        raise UserError("the model's store entry and card carry no 'imaging' config: re-export the model")
+    return ImagingConfig.from_params(dict(cfg))
+
+
+@dataclass
+class ServedModel:
+    """An exported model directory (model.tflite, model.keras, model_card.json) ready to serve."""
+
+    path: Path
+    tag: str
+    imaging: ImagingConfig
+    threshold: float
+    card: dict
+    metadata: dict = field(default_factory=dict)
+    tflite_threads: int | None = None
+
+    def __post_init__(self):
+        from cxr.export import TFLiteModel
+
+        self._tflite = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
+        self._tflite_lock = threading.Lock()
+        self._keras = None
+        self._keras_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, tag: str | None = None, metadata: dict | None = None,
+             tflite_threads: int | None = None) -> "ServedModel":
+        path = Path(path)
+        for name in ("model.tflite", "model_card.json"):
+            if not (path / name).is_file():
+                raise UserError(f"{path} lacks {name}: not an exported cxr model")
+        card = json.loads((path / "model_card.json").read_text())
+        metadata = dict(metadata or {})
+        threshold = metadata.get("decision_threshold", card.get("decision_threshold"))
+        if threshold is None:
+            raise UserError(f"model {tag or path} has no decision_threshold")
+        return cls(path=path, tag=tag or card.get("name", path.name), imaging=_imaging_from(metadata, card),
+                   threshold=float(threshold), card=card, metadata=metadata, tflite_threads=tflite_threads)
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.metadata.get("synthetic", (self.card.get("data") or {}).get("synthetic", False)))
+
+    # -- inference
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """TFLite (LiteRT) probabilities for uint8 ``[N, S, S]`` (one interpreter, serialised)."""
+        with self._tflite_lock:
+            return self._tflite.predict(images)
+
+    def keras_model(self):
+        with self._keras_lock:
+            if self._keras is None:
+                import keras
+
+                self._keras = keras.saving.load_model(self.path / "model.keras", compile=False)
+            return self._keras
+
+    def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grad-CAM heatmap (Keras) and the Keras probability for one uint8 ``[S, S]`` image."""
+        from cxr.model import grad_cam
+
+        model = self.keras_model()
+        with self._keras_lock:
+            return grad_cam(model, image)
+
+    # -- answers
+    def answer(self, probability: float) -> dict:
+        return prediction(probability, self.threshold, self.tag, synthetic=self.synthetic)
+
+    def model_card(self) -> dict:
+        card_md = self.path / "model_card.md"
+        return {
+            "model_tag": self.tag,
+            "decision_threshold": self.threshold,
+            "imaging": self.imaging.to_dict(),
+            "labels": list(LABELS),
+            "positive_label": POSITIVE_LABEL,
+            "runtime": {"predict": "TFLite (LiteRT)", "explain": "Keras Grad-CAM over out_relu"},
+            "notice": SCREENING_NOTICE,
+            "warning": SYNTHETIC_WARNING if self.synthetic else None,
+            "card": {k: v for k, v in self.card.items() if k != "files"},  # no server paths
+            "card_markdown": card_md.read_text() if card_md.is_file() else None,
+        }
+
+
+def prediction(probability: float, threshold: float, tag: str, *, synthetic: bool = False) -> dict:
+    """The answer for one image. Positive when ``probability >= threshold`` (as in cxr.metrics)."""
+    p = float(probability)
+    return {
+        "label": POSITIVE_LABEL if p >= threshold else LABELS[0],
+        "probability": round(p, 6),
+        "decision_threshold": threshold,
+        "model_tag": tag,
+        "notice": SCREENING_NOTICE,
+        **({"warning": SYNTHETIC_WARNING} if synthetic else {}),
+    }
+
+
+# ---------------------------------------------------------------- Grad-CAM picture
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8, a perceptually ordered blue -> red ramp (no matplotlib needed)."""
+    stops = np.array([[0.0, 0, 0, 0.5], [0.25, 0, 0.4, 1.0], [0.5, 0.1, 0.9, 0.6],
+                      [0.75, 1.0, 0.85, 0.0], [1.0, 0.9, 0.05, 0.0]])
+    v = np.clip(values, 0, 1)
+    rgb = np.stack([np.interp(v, stops[:, 0], stops[:, c]) for c in (1, 2, 3)], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def heatmap_png(image: np.ndarray, cam: np.ndarray, *, display_size: int = 448, alpha: float = 0.45) -> bytes:
+    """The model's view of the image (after preprocessing) with the Grad-CAM heatmap blended over it."""
+    gray = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+    heat = _colormap(cam).astype(np.float32)
+    weight = alpha * np.clip(cam, 0, 1)[..., None] ** 0.5  # cold regions stay mostly grayscale
+    blended = (gray * (1 - weight) + heat * weight).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(blended, "RGB")
+    if img.size[0] < display_size:
+        img = img.resize((display_size, display_size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=False)
+    return buf.getvalue()
+
+
+def explanation(model: ServedModel, image: np.ndarray) -> dict:
+    """Prediction (TFLite, as /predict) plus the Grad-CAM overlay as a base64 PNG."""
+    probability = float(model.probabilities(image[None])[0])
+    cam, keras_probability = model.explain(image)
+    return {
+        **model.answer(probability),
+        "heatmap_png_base64": base64.b64encode(heatmap_png(image, cam)).decode("ascii"),
+        "heatmap": {"method": "Grad-CAM", "layer": "out_relu", "keras_probability": round(keras_probability, 6),
+                    "shows": "the preprocessed image the model saw (grayscale, squashed, equalised)"},
+    }
+
+
+def predict_many(model: ServedModel, items: list[bytes | None]) -> dict:
+    """Batch answer: one result per item, in order (``index``); a bad item gets its own error and
+    status, the others are scored in one TFLite call."""
+    if not items:
+        raise RequestError("no images: send one or more files in the multipart field 'images'", 400)
+    if len(items) > MAX_BATCH_IMAGES:
+        raise RequestError(f"too many images: {len(items)} (limit {MAX_BATCH_IMAGES} per request)", 413)
+    arrays, results = [], []
+    for index, data in enumerate(items):
+        try:
+            arrays.append((index, decode(data, model.imaging, what=f"image {index}")))
+            results.append(None)
+        except RequestError as exc:
+            results.append({"index": index, **exc.to_dict()})
+    if arrays:
+        probs = model.probabilities(np.stack([a for _, a in arrays]))
+        for (index, _), p in zip(arrays, probs):
+            results[index] = {"index": index, **model.answer(float(p))}
+    failed = sum(1 for r in results if "error" in r)
+    return {"results": results, "count": len(results), "failed": failed,
+            "model_tag": model.tag, "notice": SCREENING_NOTICE}

@@ -1,0 +1,226 @@
+"""BentoML service for the promoted chest X-ray model: a screening aid, not a diagnosis.
+
+APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (several),
+``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card).
+Health: ``/livez``, ``/readyz``, ``/metrics`` (BentoML's). Web page: ``/ui/``.
+
+Everything that is not BentoML plumbing lives in :mod:`cxr.serving`, shared with the
+Lambda handler; preprocessing is :func:`cxr.imaging.preprocess_bytes`, as in training.
+
+Which model: ``$CXR_MODEL_TAG`` if set, else the promoted one (the registry's alias file
+under ``$BENTOML_HOME/aliases/``), else -- inside a built bento, whose store holds only the
+model it was built with -- the single ``cxr-pneumonia`` model in the store. None of these:
+the service refuses to start, with a message saying how to promote one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from cxr import UserError, serving
+from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag
+
+log = logging.getLogger("cxr.service")
+UI_DIR = Path(__file__).resolve().parent / "ui"
+TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "2"))
+API_THREADS = int(os.environ.get("CXR_API_THREADS", "4"))
+
+
+def resolve_model_tag() -> str:
+    tag = os.environ.get("CXR_MODEL_TAG") or promoted_tag()
+    if tag:
+        return tag
+    try:
+        stored = bentoml.models.list(MODEL_NAME)
+    except bentoml.exceptions.NotFound:
+        stored = []
+    if len(stored) == 1:  # a built bento: its store holds exactly the model it was built with
+        return str(stored[0].tag)
+    raise UserError(
+        f"no promoted {MODEL_NAME} model in the BentoML store at {bentoml_home()} "
+        f"({len(stored)} stored, none promoted): run the pipeline so a model passes the gate "
+        f"(make run), promote one with 'python -m cxr.registry rollback TAG', or set CXR_MODEL_TAG"
+    )
+
+
+try:
+    MODEL_TAG = resolve_model_tag()
+except UserError as exc:  # fail fast, with the reason, before any worker starts
+    print(f"cxr service: cannot start: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------ protocol-level safety
+
+
+def _refuse_url_fields():
+    """BentoML fetches any URL a client puts in a file form field; this service never does.
+
+    (Fetching by URL is the JSON ``url`` field's job, behind the host allowlist.)"""
+    from _bentoml_impl import serde
+    from starlette.datastructures import UploadFile
+
+    async def ensure_file(obj):
+        if isinstance(obj, UploadFile):
+            return obj
+        raise bentoml.exceptions.BadInput(
+            "file fields must carry an uploaded file; this server never fetches a URL or reads a path given "
+            "there (use the JSON field 'url', if the operator enabled it)")
+
+    serde.MultipartSerde.ensure_file = staticmethod(ensure_file)
+
+    # BentoML turns an unexpected form part (e.g. a binary file under an unknown field name,
+    # which it tries to JSON-decode) or a malformed multipart body into a 500: make it a 400.
+    original_parse = serde.MultipartSerde.parse_request
+
+    async def parse_request(self, request, cls):
+        from pydantic import ValidationError
+
+        try:
+            return await original_parse(self, request, cls)
+        except (bentoml.exceptions.BentoMLException, ValidationError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's malformed body
+            raise bentoml.exceptions.BadInput(
+                f"malformed multipart form ({type(exc).__name__}): send the X-ray as the file field 'image' "
+                "('images' for /predict_batch)") from None
+
+    serde.MultipartSerde.parse_request = parse_request
+
+
+_refuse_url_fields()
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with a 413 before the app parses them.
+
+    Checks Content-Length first (nothing read), then counts streamed (chunked) bytes."""
+
+    def __init__(self, app, max_bytes: int = serving.MAX_REQUEST_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._refuse(send, f"request body of {declared.decode(errors='replace')} bytes is over "
+                                            f"the {self.max_bytes} byte limit")
+        # Read the body up front (bounded), then replay it to the app.
+        messages, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                messages.append(message)
+                break
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                return await self._refuse(send, f"request body over the {self.max_bytes} byte limit")
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send, message: str):
+        response = JSONResponse({"error": message, "status": 413}, status_code=413, headers={"Connection": "close"})
+        await response({"type": "http"}, None, send)
+
+
+def _error(exc: serving.RequestError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+def _read(path: Optional[Path]) -> Optional[bytes]:
+    return None if path is None else Path(path).read_bytes()
+
+
+# ------------------------------------------------------------------ the service
+
+
+@bentoml.service(
+    name="cxr_screening",
+    workers=1,
+    threads=API_THREADS,
+    traffic={"timeout": 60, "max_concurrency": 128},
+    labels={"project": "cxr-screening", "notice": "screening aid, not a diagnosis"},
+)
+class CXRScreening:
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        stored = bentoml.models.get(MODEL_TAG)
+        self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), metadata=dict(stored.info.metadata),
+                                              tflite_threads=TFLITE_THREADS)
+        self.url_policy = serving.UrlPolicy.from_env()
+        log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
+                 self.model.imaging.to_dict(), self.model.threshold,
+                 f"allowed for {list(self.url_policy.allowlist)}" if self.url_policy.allowlist else "off")
+
+    def _image(self, image: Optional[Path], url: Optional[str]):
+        if image is not None and url:
+            raise serving.RequestError("send either a file 'image' or a JSON 'url', not both", 400)
+        if image is None and not url:
+            raise serving.RequestError(
+                "no image: send the file in the multipart field 'image' (or JSON {\"url\": ...} if enabled)", 400)
+        data = _read(image) if image is not None else serving.fetch_url(url, self.url_policy)
+        return serving.decode(data, self.model.imaging)
+
+    @bentoml.api
+    def predict(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
+        """One JPEG/PNG chest X-ray -> label, probability, decision threshold, model tag, notice."""
+        try:
+            array = self._image(image, url)
+            return self.model.answer(float(self.model.probabilities(array[None])[0]))
+        except serving.RequestError as exc:
+            return _error(exc)
+
+    @bentoml.api
+    def predict_batch(self, images: list[Path]) -> dict:
+        """Several images in one call; each gets its own result or its own error."""
+        try:
+            return serving.predict_many(self.model, [_read(p) for p in images])
+        except serving.RequestError as exc:
+            return _error(exc)
+
+    @bentoml.api
+    def explain(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
+        """The prediction plus a Grad-CAM heatmap over the preprocessed image (base64 PNG)."""
+        try:
+            return serving.explanation(self.model, self._image(image, url))
+        except serving.RequestError as exc:
+            return _error(exc)
+
+    @bentoml.api
+    def metadata(self) -> dict:
+        """The model card, threshold, imaging config and lineage of the served model."""
+        return self.model.model_card()
+
+
+CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
+
+
+def _ui_app():
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    return Starlette(routes=[Mount("/", app=StaticFiles(directory=UI_DIR, html=True), name="ui")])
+
+
+CXRScreening.mount_asgi_app(_ui_app(), path="/ui", name="ui")

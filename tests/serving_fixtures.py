@@ -1,0 +1,126 @@
+"""A tiny promoted model for the serving tests (and a full-size one for benchmarks).
+
+``make_promoted_model`` builds a small MobileNetV2, trains it a few steps on synthetic
+blobs (so its outputs are not the constant 0.5 of a fresh network), exports it with
+:func:`cxr.export.export_all`, writes a model card and promotes it into ``bentoml_home``
+with :func:`cxr.registry.promote` -- exactly the store entry the pipeline would produce,
+only smaller. Nothing here is mocked.
+
+CLI (what the test fixture runs, in a fresh process so that BentoML sees the right
+BENTOML_HOME): ``python -m tests.serving_fixtures OUT_DIR [--size 224 --alpha 1.0 --steps 0]``
+promotes into ``OUT_DIR/bentoml_home`` and prints the facts as JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blob_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two visibly different classes: label 1 images carry a bright square."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int8)
+    images = rng.normal(90, 20, (n, size, size)).clip(0, 255)
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(size // 4, 3 * size // 4, 2)
+        images[i, y - size // 6 : y + size // 6, x - size // 6 : x + size // 6] += 120
+    return images.clip(0, 255).astype(np.uint8), labels
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(array)
+    if mode:
+        img = img.convert(mode)
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def train_tiny(size: int = 64, alpha: float = 0.35, steps: int = 30, seed: int = 0):
+    """A small MobileNetV2 trained on blobs for a few steps (about 10-20 s on 2 cores)."""
+    import keras
+
+    from cxr.imaging import to_model_input
+    from cxr.model import build
+
+    keras.utils.set_random_seed(seed)
+    model = build(size, alpha=alpha, dropout=0.0, weights=None)
+    # A fresh network's batch-norm moving statistics (0, 1) make inference activations
+    # vanish (constant outputs). Let them follow the training batches quickly instead.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5
+    if steps:
+        from cxr.imaging import ImagingConfig, preprocess_bytes
+
+        raw, labels = blob_images(64, 2 * size, seed)
+        # Train on what serving feeds the model: THE preprocessing of encoded images.
+        images = np.stack([preprocess_bytes(png_bytes(img), ImagingConfig(size, "equalize")) for img in raw])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        x = to_model_input(images)
+        for step in range(steps):
+            idx = np.random.default_rng(step).choice(len(x), 16, replace=False)
+            model.train_on_batch(x[idx], labels[idx].astype("float32"))
+    return model
+
+
+def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, alpha: float = 0.35,
+                        steps: int = 30, threshold: float = 0.5) -> dict:
+    """Export + model card + promotion into ``bentoml_home``. Returns facts for the tests."""
+    out_dir = Path(out_dir)
+    export_dir = out_dir / "export"
+    export_dir.mkdir(parents=True)
+    model = train_tiny(size, alpha, steps)
+
+    from cxr.export import export_all, model_card, model_card_markdown
+
+    files = export_all(model, export_dir)
+    params = {"imaging": {"image_size": size, "intensity": "equalize"}, "model": {"alpha": alpha}}
+    at = {"accuracy": 0.5, "precision": 0.5, "recall": 0.99, "specificity": 0.5, "f1": 0.5}
+    metrics = {"threshold": threshold, "target_recall": 0.99,
+               "test": {"roc_auc": 0.5, "pr_auc": 0.5, "images": 64, "at_threshold": at, "at_0.5": at},
+               "val": {"roc_auc": 0.5}, "data": {"test_split": "synthetic-test", "test_split_hash": "0" * 64}}
+    card = model_card(metrics=metrics, params=params, source={"source": "synthetic", "synthetic": True,
+                      "dataset_hash": "test" * 16}, train_summary={"weights": None}, parity_checks=[],
+                      files=files)
+    # BentoML refuses None anywhere in a store entry's metadata.
+    card["git"] = {"commit": card["git"].get("commit") or "0" * 40, "dirty": bool(card["git"].get("dirty"))}
+    (export_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    (export_dir / "model_card.md").write_text(model_card_markdown(card))
+
+    # BentoML reads BENTOML_HOME once per process: run this in a fresh process (see the CLI).
+    os.environ["BENTOML_HOME"] = str(bentoml_home)
+    from cxr.registry import promote
+
+    tag = promote(export_dir, verdict={"passed": True, "reason": "test fixture"})
+    return {"tag": tag, "export_dir": export_dir, "bentoml_home": Path(bentoml_home), "image_size": size,
+            "threshold": threshold, "model": model}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--alpha", type=float, default=0.35)
+    ap.add_argument("--steps", type=int, default=30)
+    a = ap.parse_args()
+    facts = make_promoted_model(a.out, a.out / "bentoml_home", size=a.size, alpha=a.alpha, steps=a.steps)
+    print(json.dumps({k: str(v) for k, v in facts.items() if k != "model"}))
+    sys.exit(0)
