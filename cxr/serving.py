@@ -317,6 +317,8 @@ def explanation(model: ServedModel, image: np.ndarray) -> dict:
         **model.answer(probability),
         "heatmap_png_base64": base64.b64encode(heatmap_png(image, cam)).decode("ascii"),
         "heatmap": {"method": "Grad-CAM", "layer": "out_relu", "keras_probability": round(keras_probability, 6),
+                    # all zero: no region pushed the score towards PNEUMONIA (common for NORMAL answers)
+                    "empty": bool(np.max(cam) <= 0),
                     "shows": "the preprocessed image the model saw (grayscale, squashed, equalised)"},
     }
 

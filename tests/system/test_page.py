@@ -1,0 +1,89 @@
+"""The web page at /ui/ in headless Chromium (Debian's /usr/bin/chromium; skipped when absent).
+
+Uploads an X-ray through the page's form against a real ``bentoml serve`` and checks that
+the verdict, the probability, the heatmap and the screening-aid notice are shown. A
+screenshot is saved (``$CXR_SCREENSHOT`` or the test's temp dir) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr import SCREENING_NOTICE
+from tests.serving_fixtures import png_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} absent")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def xray_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    img = rng.normal(100, 25, (400, 360))
+    img[100:220, 80:260] += 90
+    path = tmp_path / "chest.png"
+    path.write_bytes(png_bytes(img.clip(0, 255).astype(np.uint8)))
+    return path
+
+
+def test_page_shows_verdict_probability_heatmap_and_notice(browser, service, promoted_model, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    console_errors = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{service.url}/ui/")
+    assert page.title() == "CXR pneumonia screening aid"
+    assert page.locator("#notice").is_visible()
+    assert page.locator("#notice").inner_text() == SCREENING_NOTICE
+    # The page reads /metadata: the synthetic-model warning and the tag appear.
+    page.wait_for_function("document.getElementById('footer').textContent.includes('cxr-pneumonia:')")
+    assert page.locator("#model-warning").is_visible()
+
+    page.set_input_files("#file", str(xray_file(tmp_path)))
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+
+    verdict = page.locator("#verdict").inner_text()
+    probability = float(page.locator("#probability").inner_text())
+    threshold = float(page.locator("#threshold").inner_text())
+    assert verdict in ("NORMAL", "PNEUMONIA")
+    assert verdict == ("PNEUMONIA" if probability >= threshold else "NORMAL")
+    assert threshold == pytest.approx(promoted_model["threshold"], abs=1e-4)
+    assert page.locator("#model-tag").inner_text() == promoted_model["tag"]
+    assert SCREENING_NOTICE in page.locator("#result-notice").inner_text()
+    width = page.eval_on_selector("#heatmap", "img => img.complete ? img.naturalWidth : 0")
+    assert width >= 448, "heatmap image did not load"
+
+    shot = Path(os.environ.get("CXR_SCREENSHOT", tmp_path / "ui.png"))
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert not console_errors, console_errors
+    page.close()
+
+
+def test_page_shows_the_services_error_for_a_bad_file(browser, service, tmp_path):
+    page = browser.new_page()
+    page.goto(f"{service.url}/ui/")
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    page.set_input_files("#file", str(bad))
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    assert "not a JPEG or PNG" in page.locator("#error").inner_text()
+    assert page.locator("#result").is_hidden()
+    page.close()
