@@ -25,6 +25,7 @@ from cxr.io import write_json
 
 MODEL_NAME = "cxr-pneumonia"
 EXPORT_FILES = ("model.keras", "model.tflite", "model_card.json", "model_card.md")
+LINEAGE_FILE = "lineage.json"  # the full metadata, nulls included, beside the files
 
 
 def bentoml_home() -> Path:
@@ -90,6 +91,15 @@ def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
     return labels, metadata
 
 
+def store_safe(value):
+    """BentoML metadata takes no None: drop null keys, write null list items as "null"."""
+    if isinstance(value, dict):
+        return {str(k): store_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [("null" if v is None else store_safe(v)) for v in value]
+    return value
+
+
 def add(export_dir: str | Path, verdict: dict | None = None):
     """Copy an export into a new immutable store entry (not yet promoted). Returns the model."""
     import bentoml
@@ -101,9 +111,10 @@ def add(export_dir: str | Path, verdict: dict | None = None):
     card = json.loads((export_dir / "model_card.json").read_text())
     labels, metadata = lineage(card, verdict)
     # create() writes into a temporary directory and saves on a clean exit only.
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=store_safe(metadata)) as model:
         for name in EXPORT_FILES:
             shutil.copy2(export_dir / name, Path(model.path) / name)
+        write_json(Path(model.path) / LINEAGE_FILE, {"labels": labels, "metadata": metadata})
     return bentoml.models.get(model.tag)
 
 

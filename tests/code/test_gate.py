@@ -65,10 +65,21 @@ def test_registry_metadata_works_as_the_champion():
 
 
 def test_synthetic_models_can_be_refused():
-    strict = GateConfig(0.0, 0.0, 0.0, 0.01, allow_synthetic=False)
+    strict = GateConfig(0.0, 0.0, 0.0, 0.01, on_synthetic="refuse")
     assert decide(metrics(synthetic=False), strict)["passed"]
     verdict = decide(metrics(synthetic=True), strict)
     assert failed(verdict) == ["real (non-synthetic) data"]
+
+
+def test_on_synthetic_data_floors_are_reported_not_enforced_by_default():
+    verdict = decide(metrics(auc=0.6, spec=0.0, synthetic=True), CFG)
+    assert verdict["passed"] and not verdict["enforced"]
+    assert "SYNTHETIC" in verdict["reason"] and "2 would fail" in verdict["reason"]
+    assert failed(verdict) == ["ROC AUC", "specificity at threshold"]  # still recorded as failing
+    enforced = decide(metrics(auc=0.6, spec=0.0, synthetic=True), GateConfig(0.99, 0.8, 0.95, 0.01, "enforce"))
+    assert not enforced["passed"] and enforced["enforced"]
+    # Real data: always enforced, whatever on_synthetic says.
+    assert not decide(metrics(auc=0.6, synthetic=False), CFG)["passed"]
 
 
 def test_missing_metrics_and_bad_params_are_user_errors():
@@ -76,6 +87,9 @@ def test_missing_metrics_and_bad_params_are_user_errors():
         decide({"test": {}}, CFG)
     with pytest.raises(UserError, match="gate.min_recall"):
         GateConfig.from_params({"min_recall": 1.5, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.0})
+    with pytest.raises(UserError, match="gate.on_synthetic"):
+        GateConfig.from_params({"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9,
+                                "max_regression": 0.0, "on_synthetic": "ignore"})
     with pytest.raises(UserError, match="gate.max_regression"):
         GateConfig.from_params({"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9})
 

@@ -45,19 +45,24 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def copy_repo(root: Path, param_values: dict[str, str]) -> Path:
+    """The repo's tracked files in ``root`` as a fresh git repo, with ``param_values`` set."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
         if (REPO / rel).is_file():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
     run(["git", "init", "-q"], root)
-    run([sys.executable, "-m", "cxr.params", "set", *[f"{k}={v}" for k, v in TINY.items()]], root).check_returncode()
+    run([sys.executable, "-m", "cxr.params", "set", *[f"{k}={v}" for k, v in param_values.items()]],
+        root).check_returncode()
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"], root).check_returncode()
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("project"), TINY)
 
 
 def test_full_repro_then_noop_then_one_param(project):

@@ -60,7 +60,8 @@ def export_dir(tmp_path, name: str, auc: float, spec: float, split: str = "split
 def test_promotion_records_lineage_and_is_what_promoted_returns(store, tmp_path):
     from cxr import registry
 
-    verdict = {"passed": True, "reason": "gate passed: 3 checks"}
+    verdict = {"passed": True, "reason": "gate passed: 3 checks", "champion": None,
+               "checks": [{"check": "ROC AUC", "value": None, "passed": False}]}
     tag = registry.promote(export_dir(tmp_path, "a", 0.98, 0.85), verdict)
     model = registry.promoted()
     assert str(model.tag) == tag
@@ -69,6 +70,9 @@ def test_promotion_records_lineage_and_is_what_promoted_returns(store, tmp_path)
     assert md["dataset_hash"] == "ab" * 32 and md["test_split_hash"] == "split-a"
     assert md["git_commit"].startswith("c0ffee") and md["gate"]["reason"].startswith("gate passed")
     assert md["params"] == {"train": {"seed": 1}} and "not a diagnosis" in md["notice"]
+    assert "champion" not in md["gate"] and md["gate"]["checks"][0] == {"check": "ROC AUC", "passed": False}
+    lineage = json.loads(open(model.path_of(registry.LINEAGE_FILE)).read())
+    assert lineage["metadata"]["gate"]["champion"] is None  # the full record, nulls kept
     assert model.info.labels["dataset_hash"] == "ab" * 6 and model.info.labels["synthetic"] == "false"
     for f in registry.EXPORT_FILES:
         assert (model.path_of(f)).endswith(f) and os.path.exists(model.path_of(f))

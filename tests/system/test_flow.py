@@ -1,0 +1,162 @@
+"""The Prefect flow against a real Prefect server on 127.0.0.1, on a tiny synthetic set.
+
+Three runs in one copy of the repo, each read back through the Prefect client API:
+1. floors at 0: every stage runs through DVC, the gate passes, the model is promoted;
+2. on a local Dask cluster (prefect-dask): DVC skips every stage, champion and challenger
+   are scored in parallel on the same test split, the no-regression rule applies, promoted;
+3. ``gate.on_synthetic: refuse``: the gate fails, the flow run ends Failed with the
+   reason, and the promoted model is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.system.test_pipeline_e2e import TINY, copy_repo
+
+pytestmark = pytest.mark.slow
+STAGES = ["download", "validate", "split", "train", "evaluate", "export"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": ""}
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+    else:
+        server.kill()
+        pytest.fail("prefect server did not become healthy in 120 s")
+    yield url
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_repo(tmp_path_factory.mktemp("flowproject"), {
+        **TINY, "gate.min_recall": "0.0", "gate.min_specificity": "0.0", "gate.min_roc_auc": "0.0",
+        "gate.max_regression": "0.5", "gate.on_synthetic": "enforce"})
+    return root
+
+
+def run_flow(project: Path, api: str, bentoml_home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": api, "BENTOML_HOME": str(bentoml_home), "PYTHONPATH": str(project),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "GX_ANALYTICS_ENABLED": "false", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def read_back(api: str) -> list[dict]:
+    """Every flow run of the pipeline, oldest first, with its task runs and artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    out = []
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cxr-pipeline"])),
+                                     sort=FlowRunSort.START_TIME_ASC)
+        for run in runs:
+            only = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            tasks = client.read_task_runs(flow_run_filter=only)
+            artifacts = client.read_artifacts(flow_run_filter=only)
+            out.append({"state": run.state.type.value, "message": run.state.message or "",
+                        "tasks": {t.name: t.state.type.value for t in tasks},
+                        "artifacts": {a.key: a for a in artifacts if a.key}})
+    return out
+
+
+def promoted_tag(bentoml_home: Path) -> str | None:
+    alias = bentoml_home / "aliases" / "cxr-pneumonia.json"
+    return json.loads(alias.read_text())["promoted"] if alias.exists() else None
+
+
+def test_flow_runs_gates_promotes_and_is_visible_on_the_server(project, prefect_api, tmp_path_factory):
+    bentoml_home = tmp_path_factory.mktemp("bentoml")
+
+    first = run_flow(project, prefect_api, bentoml_home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    champion = promoted_tag(bentoml_home)
+    assert champion and f"promoted: {champion}" in first.stdout
+
+    runs = read_back(prefect_api)
+    assert len(runs) == 1 and runs[0]["state"] == "COMPLETED"
+    tasks = runs[0]["tasks"]
+    for stage in STAGES:
+        assert any(name.startswith(f"dvc-{stage}") for name in tasks), (stage, tasks)
+    assert all(state == "COMPLETED" for state in tasks.values()), tasks
+    assert any(n.startswith("gate") for n in tasks) and any(n.startswith("promote") for n in tasks)
+    artifacts = runs[0]["artifacts"]
+    for key in ("cxr-validation", "cxr-metrics", "cxr-confusion-matrix", "cxr-plots", "cxr-stage-timings",
+                "cxr-gate-verdict", "cxr-promotion"):
+        assert key in artifacts, (key, sorted(artifacts))
+    metrics = json.loads((project / "metrics.json").read_text())
+    table = json.loads(artifacts["cxr-metrics"].data)
+    roc = next(r for r in table if r["metric"] == "roc_auc")
+    assert roc["test @ chosen threshold"] == metrics["test"]["roc_auc"]
+    assert artifacts["cxr-gate-verdict"].data.startswith("# Gate PASSED")
+    timings = json.loads(artifacts["cxr-stage-timings"].data)
+    assert [t["stage"] for t in timings] == STAGES and all(t["ran"] for t in timings)
+
+    # 2. Dask: nothing reruns; champion and challenger scored side by side; promoted again.
+    second = run_flow(project, prefect_api, bentoml_home, "--dask")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    runs = read_back(prefect_api)
+    assert runs[-1]["state"] == "COMPLETED"
+    assert "task runner DaskTaskRunner" in second.stdout and "distributed.scheduler" in second.stderr
+    timings = json.loads(runs[-1]["artifacts"]["cxr-stage-timings"].data)
+    assert not any(t["ran"] for t in timings), timings
+    verdict = runs[-1]["artifacts"]["cxr-gate-verdict"].data
+    assert f"champion {champion} on the same test split" in verdict
+    assert "ROC AUC vs champion" in verdict
+    assert sum(name.startswith("score-candidate") for name in runs[-1]["tasks"]) == 2
+    second_champion = promoted_tag(bentoml_home)
+    assert second_champion != champion
+
+    # 3. A failing gate: Failed run, clear reason, champion untouched.
+    subprocess.run([sys.executable, "-m", "cxr.params", "set", "gate.on_synthetic=refuse"], cwd=project,
+                   check=True, env={**os.environ, "PYTHONPATH": str(project)})
+    third = run_flow(project, prefect_api, bentoml_home)
+    assert third.returncode == 1
+    assert "gate FAILED" in third.stderr and "real (non-synthetic) data" in third.stderr
+    assert "Traceback" not in third.stderr.split("flow cxr-pipeline")[-1]
+    assert promoted_tag(bentoml_home) == second_champion
+    runs = read_back(prefect_api)
+    assert runs[-1]["state"] == "FAILED" and "gate FAILED" in runs[-1]["message"]
+    assert not any(n.startswith("promote") for n in runs[-1]["tasks"])
+    assert runs[-1]["artifacts"]["cxr-gate-verdict"].data.startswith("# Gate FAILED")
