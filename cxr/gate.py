@@ -171,4 +171,11 @@ def verdict_markdown(verdict: dict) -> str:
     lines += ["", f"Decision threshold {ch['threshold']} (chosen on validation); data set "
               f"`{_short(ch['dataset_hash'])}`, test split `{_short(ch['test_split_hash'])}`"
               f"{' (SYNTHETIC: not a medical model)' if ch['synthetic'] else ''}."]
+    if verdict.get("rescored"):
+        lines += ["", "Re-scored on this test split from the raw image bytes through each exported TFLite file "
+                  "(the serving path):", "", "| model | ROC AUC | recall | specificity | threshold |", "|---|---|---|---|---|"]
+        for r in verdict["rescored"]:
+            f = figures(r)
+            lines.append(f"| {r.get('name')} | {_fmt(f['roc_auc'])} | {_fmt(f['recall'])} | {_fmt(f['specificity'])} | "
+                         f"{_fmt(f['threshold'])} |")
     return "\n".join(lines) + "\n"

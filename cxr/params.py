@@ -73,6 +73,7 @@ def set_values(assignments: list[str], path: str | os.PathLike | None = None) ->
     path = Path(path or PARAMS_FILE)
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # keep long paths on one line
     data = yaml_rt.load(path.read_text())
     for item in assignments:
         if "=" not in item:

@@ -161,7 +161,7 @@ def gate(metrics: dict, project: str, scored: list[dict], champion_tag: str | No
     cfg = GateConfig.from_params(params.section("gate", Path(project) / "params.yaml"))
     champion = next((s for s in scored if s["name"] == "champion"), None)
     verdict = decide(metrics, cfg, champion, champion_tag)
-    verdict["rescored"] = scored
+    verdict["rescored"] = [{k: v for k, v in s.items() if k != "data"} for s in scored]
     create_markdown_artifact(key="cxr-gate-verdict", markdown=verdict_markdown(verdict),
                              description=verdict["reason"][:250])
     (logger.info if verdict["passed"] else logger.error)("%s", verdict["reason"])

@@ -101,3 +101,10 @@ def test_the_verdict_artifact_lists_every_figure_and_threshold():
     for c in verdict["checks"]:
         assert c["check"] in md
     assert "0.5000" in md and ">= 0.8000" in md and "**FAIL**" in md
+
+
+def test_the_verdict_artifact_shows_rescored_candidates():
+    verdict = decide(metrics(), CFG)
+    verdict["rescored"] = [{"name": "challenger", **metrics(auc=0.97)}]
+    md = verdict_markdown(verdict)
+    assert "| challenger | 0.9700 | 0.9950 | 0.8500 | 0.3000 |" in md
