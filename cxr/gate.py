@@ -119,6 +119,13 @@ def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = No
                                          champ[key] - cfg.max_regression, "no-regression"))
     failed = [c for c in checks if not c["passed"]]
     reported_only = ch["synthetic"] and cfg.on_synthetic == "report"
+    if ch["synthetic"] and champion is not None and not figures(champion)["synthetic"]:
+        # Never, in any mode: a synthetic model must not replace a real-data champion.
+        guard = {"check": "synthetic model would replace a real-data champion", "kind": "floor",
+                 "value": "synthetic", "op": "==", "threshold": "real", "passed": False}
+        checks.append(guard)
+        failed.append(guard)
+        reported_only = False
     if reported_only:
         reason = (f"gate passed on SYNTHETIC data: {len(checks)} checks reported, not enforced "
                   f"({len(failed)} would fail: {', '.join(c['check'] for c in failed) or 'none'}); "

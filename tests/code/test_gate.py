@@ -78,6 +78,11 @@ def test_on_synthetic_data_floors_are_reported_not_enforced_by_default():
     assert failed(verdict) == ["ROC AUC", "specificity at threshold"]  # still recorded as failing
     enforced = decide(metrics(auc=0.6, spec=0.0, synthetic=True), GateConfig(0.99, 0.8, 0.95, 0.01, "enforce"))
     assert not enforced["passed"] and enforced["enforced"]
+    # Never over a real-data champion, whatever the mode.
+    over_real = decide(metrics(synthetic=True), CFG, metrics(synthetic=False, split="other"), "cxr-pneumonia:real")
+    assert not over_real["passed"] and "would replace a real-data champion" in over_real["reason"]
+    over_synthetic = decide(metrics(synthetic=True), CFG, metrics(synthetic=True, split="other"), "cxr-pneumonia:s")
+    assert over_synthetic["passed"]
     # Real data: always enforced, whatever on_synthetic says.
     assert not decide(metrics(auc=0.6, synthetic=False), CFG)["passed"]
 
