@@ -171,6 +171,11 @@ class CXRScreening:
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), metadata=dict(stored.info.metadata),
                                               tflite_threads=TFLITE_THREADS)
         self.url_policy = serving.UrlPolicy.from_env()
+        if os.environ.get("CXR_PRELOAD_EXPLAIN", "1") != "0":
+            # Keras (TensorFlow) only serves /explain: load it beside, not before, readiness.
+            import threading
+
+            threading.Thread(target=self.model.warm_explain, name="warm-explain", daemon=True).start()
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
                  f"allowed for {list(self.url_policy.allowlist)}" if self.url_policy.allowlist else "off")

@@ -242,6 +242,13 @@ class ServedModel:
                 self._keras = keras.saving.load_model(self.path / "model.keras", compile=False)
             return self._keras
 
+    def warm_explain(self) -> None:
+        """Load Keras and build the Grad-CAM graph now (the service does it in the background at start)."""
+        try:
+            self.explain(np.zeros((self.imaging.image_size,) * 2, np.uint8))
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up must not stop /predict; /explain will report
+            log.warning("Grad-CAM warm-up failed: %s", exc)
+
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Grad-CAM heatmap (Keras) and the Keras probability for one uint8 ``[S, S]`` image."""
         from cxr.model import grad_cam
