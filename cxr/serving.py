@@ -142,7 +142,8 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
         raise RequestError(
-            f"'url' must be an http(s) URL; scheme {parts.scheme or '(none)'!r} refused (local paths are never read)", 400)
+            f"'url' must be an http(s) URL; scheme {parts.scheme or '(none)'!r} refused "
+            "(local paths are never read)", 400)
     if not policy.allowlist:
         raise RequestError(
             f"fetching images by URL is disabled on this server (the operator enables it per host with "
@@ -158,7 +159,8 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
         with httpx.Client(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
             with client.stream("GET", url.strip(), headers={"Accept": "image/jpeg, image/png"}) as resp:
                 if resp.is_redirect:
-                    raise RequestError(f"{url} answered a redirect ({resp.status_code}); redirects are not followed", 422)
+                    raise RequestError(
+                        f"{url} answered a redirect ({resp.status_code}); redirects are not followed", 422)
                 if resp.status_code != 200:
                     raise RequestError(f"could not fetch {url}: HTTP {resp.status_code}", 422)
                 declared = resp.headers.get("content-length")

@@ -105,7 +105,8 @@ def test_heatmap_png_blends_colour_where_the_map_is_hot():
 
 def test_url_policy_from_env_and_matching():
     assert UrlPolicy.from_env({}).allowlist == ()
-    p = UrlPolicy.from_env({"CXR_URL_ALLOWLIST": " pacs.example.org, *.images.example.net ", "CXR_URL_MAX_BYTES": "1000"})
+    p = UrlPolicy.from_env({"CXR_URL_ALLOWLIST": " pacs.example.org, *.images.example.net ",
+                            "CXR_URL_MAX_BYTES": "1000"})
     assert p.max_bytes == 1000
     assert p.allows("PACS.example.org") and p.allows("a.images.example.net")
     assert not p.allows("images.example.net") and not p.allows("evil-pacs.example.org")
