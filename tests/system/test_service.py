@@ -341,3 +341,25 @@ def test_url_allowlist_serves_allowed_hosts(promoted_model, tmp_path):
     finally:
         server.stop()
         httpd.shutdown()
+
+
+def test_a_stalled_upload_does_not_block_other_requests(service):
+    """A client that announces a body and stops sending (slowloris) holds no worker thread."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(service.url)
+    stalled = []
+    for _ in range(8):
+        s = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n--b\r\n")
+        stalled.append(s)
+    try:
+        start = time.monotonic()
+        resp = post_file(service, "predict", png_bytes(xray(10)))
+        assert resp.status_code == 200 and time.monotonic() - start < 10
+    finally:
+        for s in stalled:
+            s.close()
+    assert requests.get(f"{service.url}/livez", timeout=10).status_code == 200
