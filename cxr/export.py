@@ -140,7 +140,7 @@ def model_card(*, metrics: dict, params: dict, source: dict, train_summary: dict
             "test_split_hash": metrics.get("data", {}).get("test_split_hash"),
             "citation": CITATION,
         },
-        "metrics": {"test": metrics.get("test"), "val": metrics.get("val")},
+        "metrics": {"test": metrics.get("test"), "val": metrics.get("val"), "stress": metrics.get("stress")},
         "params": params,
         "git": git_revision(),
         "parity": parity_checks,
@@ -180,6 +180,7 @@ def model_card_markdown(card: dict) -> str:
         )
     lines += [
         "",
+        *_stress_lines(card["metrics"].get("stress")),
         "## Data",
         f"Source: `{card['data']['source']}`; dataset hash `{card['data']['dataset_hash']}`.",
         "",
@@ -201,3 +202,16 @@ def model_card_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _stress_lines(stress: dict | None) -> list[str]:
+    if not stress:
+        return []
+    lines = ["## Acquisition-shift stress test",
+             f"{stress['images']} test images re-sent as other X-ray chains would send them (cxr/robustness.py), "
+             f"at the same threshold {stress['threshold']}. A validation-chosen threshold is known to lose "
+             "specificity on a new chain: read these before trusting the test figures elsewhere.", "",
+             "| perturbation | ROC AUC | recall | specificity | Δ specificity |", "|---|---|---|---|---|"]
+    for name, m in stress["perturbations"].items():
+        lines.append(f"| {name} | {m['roc_auc']} | {m['recall']} | {m['specificity']} | {m['specificity_change']:+.4f} |")
+    return lines + [""]

@@ -23,12 +23,15 @@ PREPARED = Path("data/prepared")
 MODEL = Path("models/model.keras")
 PLOTS = Path("reports/plots")
 SOURCE = Path("data/raw/source.json")
+RAW = Path("data/raw")
 
 
 def main() -> None:
     cfg = params.section("evaluate")
     target_recall = params.require(cfg, "target_recall", float, "evaluate")
     points = params.require(cfg, "plot_points", int, "evaluate")
+    stress_images = params.require(cfg, "stress_images", int, "evaluate")
+    stress_seed = params.require(cfg, "stress_seed", int, "evaluate")
     import keras
 
     from cxr.model import predict
@@ -62,6 +65,8 @@ def main() -> None:
             "test_split_hash": test_split_hash(source.get("dataset_hash"), test.paths),
         },
     }
+    if stress_images > 0:
+        metrics["stress"] = _stress(model, test, threshold, stress_images, stress_seed)
     write_json("metrics.json", metrics)
 
     test_curves = curves(test.labels, test_scores, points)
@@ -91,6 +96,23 @@ def main() -> None:
     )
     if metrics["data"]["synthetic"]:
         log.warning(SYNTHETIC_WARNING)
+
+
+def _stress(model, test, threshold: float, n_images: int, seed: int) -> dict:
+    """The acquisition-shift stress test on a stratified sample of the test split."""
+    from cxr.imaging import ImagingConfig
+    from cxr.model import predict
+    from cxr.robustness import stratified_sample, stress_test
+
+    summary = json.loads(Path("reports/train/summary.json").read_text()) if Path("reports/train/summary.json").exists() else {}
+    imaging = ImagingConfig.from_params(summary.get("imaging") or {"image_size": int(test.images.shape[1])})
+    idx = stratified_sample(test.labels, n_images, seed)
+    raw = [(RAW / str(test.paths[i])).read_bytes() for i in idx]
+    result = stress_test(raw, test.labels[idx], threshold, imaging, lambda x: predict(model, x))
+    for name, m in result["perturbations"].items():
+        log.info("stress %-20s AUC %s recall %.3f specificity %.3f (%+.3f)", name, m["roc_auc"], m["recall"],
+                 m["specificity"], m["specificity_change"])
+    return result
 
 
 if __name__ == "__main__":
