@@ -210,8 +210,11 @@ def _stress_lines(stress: dict | None) -> list[str]:
     lines = ["## Acquisition-shift stress test",
              f"{stress['images']} test images re-sent as other X-ray chains would send them (cxr/robustness.py), "
              f"at the same threshold {stress['threshold']}. A validation-chosen threshold is known to lose "
-             "specificity on a new chain: read these before trusting the test figures elsewhere.", "",
+             "specificity on a new chain: read these before trusting the test figures elsewhere. Training "
+             "re-acquires its augmented views with the same family of changes; the held-out ones were never "
+             "trained on.", "",
              "| perturbation | ROC AUC | recall | specificity | Δ specificity |", "|---|---|---|---|---|"]
     for name, m in stress["perturbations"].items():
+        name = f"{name} (held out)" if name in stress.get("held_out", []) else name
         lines.append(f"| {name} | {m['roc_auc']} | {m['recall']} | {m['specificity']} | {m['specificity_change']:+.4f} |")
     return lines + [""]

@@ -53,6 +53,7 @@ class TrainConfig:
     label_smoothing: float
     early_stopping_patience: int
     augment: Augment = field(default_factory=Augment)
+    acquisition_views: bool = False
 
     @classmethod
     def from_params(cls, cfg: dict) -> "TrainConfig":
@@ -76,6 +77,7 @@ class TrainConfig:
             label_smoothing=params.require(cfg, "label_smoothing", float, where),
             early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where),
             augment=Augment(**{k: float(v) for k, v in aug.items()}),
+            acquisition_views=bool(cfg.get("acquisition_views", False)),
         )
         if out.batch_size < 1 or out.views < 1:
             raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
@@ -225,8 +227,13 @@ def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
-def train(model, train: SplitData, val: SplitData, cfg: TrainConfig) -> tuple[list[dict], dict]:
-    """Train ``model`` in place. Returns (per-epoch history rows, summary facts)."""
+def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
+          view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict]:
+    """Train ``model`` in place. Returns (per-epoch history rows, summary facts).
+
+    ``view_sources`` (optional, one uint8 ``[N, S, S]`` array per augmented view) are the
+    images the augmented views start from instead of ``train.images``: randomly re-acquired
+    copies (:func:`cxr.robustness.acquisition_view`)."""
     import keras
 
     from cxr.model import fold_calibration, logit_model, split_at
@@ -267,7 +274,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig) -> tuple[li
         t0 = time.time()
         views = [run_in_batches(bottom, train.images, cfg.batch_size, None, "backbone view 0 (clean)")]
         for v in range(1, cfg.views):
-            views.append(run_in_batches(bottom, train.images, cfg.batch_size, augment, f"backbone view {v} (augmented)"))
+            source = view_sources[v - 1] if view_sources else train.images
+            views.append(run_in_batches(bottom, source, cfg.batch_size, augment, f"backbone view {v} (augmented)"))
         train_acts = np.stack(views, axis=1)  # [N, V, h, w, c]
         val_acts = run_in_batches(bottom, val.images, cfg.batch_size, None, "backbone val")
         timings["backbone_cache_s"] = time.time() - t0

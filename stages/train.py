@@ -20,6 +20,7 @@ from cxr.training import TrainConfig, train
 
 log = logging.getLogger("train")
 PREPARED = Path("data/prepared")
+RAW = Path("data/raw")
 MODEL = Path("models/model.keras")
 REPORTS = Path("reports/train")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
@@ -42,7 +43,14 @@ def main() -> None:
     keras.utils.set_random_seed(cfg.seed)
     model = build(imaging.image_size, alpha=alpha, dropout=dropout, weights=weights)
     started = time.time()
-    history, facts = train(model, train_split, val_split, cfg)
+    view_sources = None
+    if cfg.acquisition_views and cfg.views > 1:
+        from cxr.robustness import acquisition_view
+
+        view_sources = [acquisition_view(RAW, train_split.paths, imaging, seed=cfg.seed + v) for v in range(1, cfg.views)]
+        log.info("%d augmented views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
+    history, facts = train(model, train_split, val_split, cfg, view_sources)
+    facts["acquisition_views"] = bool(view_sources)
     facts["wall_time_s"] = round(time.time() - started, 1)
     facts["weights"] = weights_fingerprint(weights)
     facts["imaging"] = imaging.to_dict()
