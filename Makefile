@@ -15,7 +15,7 @@ SOURCE ?=
 WEIGHTS ?=
 FLOW_ARGS ?=
 
-.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bench help
+.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bento bench help
 
 help:
 	@echo "make run     - set up, then run the whole pipeline as a Prefect flow: dvc stages, gate, promotion"
@@ -24,6 +24,9 @@ help:
 	@echo "make prefect-server - a local Prefect server + UI on http://127.0.0.1:4200 (make run then reports there)"
 	@echo "make models  - the BentoML store's models with their metrics; * = promoted"
 	@echo "make rollback [TAG=...] - promote TAG, or the previously promoted model"
+	@echo "make serve   - bentoml serve the promoted model on http://127.0.0.1:3000 (page: /ui/)"
+	@echo "make bento   - bentoml build: a bento that carries the promoted model"
+	@echo "make bench   - the benchmarks in bench/ (serving, pipeline, export), tables with ratios"
 	@echo "make test    - set up, then run the test suite"
 	@echo "make real    - switch params to ../shared (data + ImageNet weights), then run"
 	@echo "make pin SRC=<folder|zip|url|synthetic> - pin a data set in data/pinned (data.dvc)"
@@ -79,6 +82,12 @@ models: setup
 
 rollback: setup
 	$(BIN)/python -m cxr.registry rollback $(TAG)
+
+serve: setup
+	$(BIN)/bentoml serve service:CXRScreening --host 127.0.0.1 --port $${PORT:-3000}
+
+bento: setup
+	$(BIN)/bentoml build
 
 clean:
 	rm -rf data/raw data/prepared models reports/validation
