@@ -44,7 +44,7 @@ def main() -> None:
     model = build(imaging.image_size, alpha=alpha, dropout=dropout, weights=weights)
     started = time.time()
     view_sources = None
-    if cfg.acquisition_views and cfg.views > 1:
+    if cfg.acquisition_views and cfg.views > 1 and weights is not None:  # from scratch uses no views
         from cxr.robustness import acquisition_view
 
         view_sources = [acquisition_view(RAW, train_split.paths, imaging, seed=cfg.seed + v) for v in range(1, cfg.views)]

@@ -79,3 +79,23 @@ def test_stress_report_measures_a_brightness_sensitive_model():
     assert p["brighter_gamma_0.67"]["specificity"] < p["clean"]["specificity"]
     assert p["darker_gamma_1.5"]["recall"] < 1.0
     assert report["worst_specificity"] == min(m["specificity"] for n, m in p.items() if n != "clean")
+
+
+def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(tmp_path):
+    from cxr.robustness import acquisition_view, random_acquisition
+
+    rels = []
+    for i in range(6):
+        (tmp_path / f"img{i}.jpeg").write_bytes(smooth_xray(i))
+        rels.append(f"img{i}.jpeg")
+    cfg = ImagingConfig(48)
+    a = acquisition_view(tmp_path, rels, cfg, seed=3)
+    b = acquisition_view(tmp_path, rels, cfg, seed=3)
+    c = acquisition_view(tmp_path, rels, cfg, seed=4)
+    clean = np.stack([preprocess_bytes((tmp_path / r).read_bytes(), cfg) for r in rels])
+    assert a.shape == clean.shape == (6, 48, 48) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a, clean)
+    # Every re-acquired copy is a decodable JPEG of the original size.
+    out = random_acquisition(smooth_xray(0), np.random.default_rng(0))
+    assert Image.open(io.BytesIO(out)).format == "JPEG" and Image.open(io.BytesIO(out)).size == (160, 128)
