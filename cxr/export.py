@@ -34,6 +34,8 @@ LIMITATIONS = [
     "The decision threshold was chosen on a validation split carved from train; the official "
     "test split was acquired differently and a validation-tuned threshold can lose specificity there.",
     "Bacterial vs viral pneumonia are not distinguished; other findings are not detected.",
+    "Heavily re-compressed JPEGs and images with wide collimation borders raise false alarms (see the "
+    "stress test table): send images at their original quality.",
 ]
 
 
