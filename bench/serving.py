@@ -1,0 +1,402 @@
+"""Serving benchmark: the BentoML service vs a seed-style baseline, measured in the same run.
+
+    .venv/bin/python bench/serving.py                       # promoted model in $BENTOML_HOME (~/bentoml)
+    .venv/bin/python bench/serving.py --quick               # fewer requests (about 3 min)
+    .venv/bin/python bench/serving.py --variants service,service-2workers,baseline
+    .venv/bin/python bench/serving.py --url http://127.0.0.1:3000 --server-pid 1234   # a running service
+
+Drives each server in turn (one at a time, on 127.0.0.1) with the same original-size JPEGs
+(``../shared/data/originals``, or generated ~1.5k px ones when absent): closed loop at
+concurrency 1, 8 and 32 with a bounded number of requests per level, then an open-loop
+steady 10 requests/s run (latency counted from each request's scheduled send time, so a
+server that falls behind is charged for the queue). Prints one table with images/s,
+p50/p95/p99 latency, errors, server RSS (the whole process tree) before and after, and the
+ratio to the baseline at the same concurrency; then the targets and whether they are met.
+
+Baseline (``bench/seed_server.py``): one stdlib HTTP handler that fully decodes the JPEG
+and calls Keras ``model.predict`` on one image per request -- the seed's way -- on the same
+model's ``model.keras``.
+
+Variants of the service are environment settings, not code changes (see VARIANTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import fmt_bytes, fmt_ratio, free_port, latency_summary, load_note, ratio, render_table, tree_rss, verdict, wait_quiet  # noqa: E402
+
+MODEL_NAME = "cxr-pneumonia"
+ORIGINALS = REPO.parent / "shared" / "data" / "originals"
+VENV_BIN = Path(sys.executable).parent
+# name -> (kind, extra environment). "service" is the service as shipped (service.py defaults).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "service": ("bentoml", {}),
+    "service-tflite1": ("bentoml", {"CXR_TFLITE_THREADS": "1"}),
+    # two worker processes (CXR_WORKERS where service.py reads it; BENTOML_CONFIG_OPTIONS otherwise)
+    "service-2workers": ("bentoml", {"CXR_WORKERS": "2", "BENTOML_CONFIG_OPTIONS": "services.cxr_screening.workers=2",
+                                     "CXR_TFLITE_THREADS": "1"}),
+    "service-2workers-t2": ("bentoml", {"CXR_WORKERS": "2", "BENTOML_CONFIG_OPTIONS": "services.cxr_screening.workers=2",
+                                        "CXR_TFLITE_THREADS": "2"}),
+    "service-api2": ("bentoml", {"CXR_API_THREADS": "2"}),
+    "service-api8": ("bentoml", {"CXR_API_THREADS": "8"}),
+    # BentoML adaptive batching (bench/batched_service.py, the service author's variant, when present)
+    "service-batched": ("bentoml", {"CXR_SERVICE_TARGET": "bench.batched_service:Front"}),
+    "baseline": ("seed", {}),
+}
+TARGET_IMG_S_C32 = 60.0
+TARGET_SPEEDUP_C32 = 10.0
+TARGET_P99_STEADY_MS = 150.0
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def load_payloads(folder: Path, n_generated: int = 16) -> tuple[list[tuple[str, bytes]], str]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg")) if folder.is_dir() else []
+    if files:
+        return [(p.name, p.read_bytes()) for p in files], f"{len(files)} original JPEGs from {folder}"
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n_generated):
+        h, w = int(rng.integers(1100, 1800)), int(rng.integers(1300, 2200))
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = 120 + 60 * np.sin(xx / (37 + i)) * np.cos(yy / 53) + rng.normal(0, 12, (h, w))
+        buf = io.BytesIO()
+        Image.fromarray(img.clip(0, 255).astype(np.uint8), "L").save(buf, "JPEG", quality=90)
+        out.append((f"generated-{i}.jpeg", buf.getvalue()))
+    return out, f"{n_generated} generated {h}x{w}-ish JPEGs ({folder} absent)"
+
+
+def find_model(bentoml_home: Path, tag: str | None) -> tuple[str, Path]:
+    if not tag:
+        alias = bentoml_home / "aliases" / f"{MODEL_NAME}.json"
+        tag = json.loads(alias.read_text()).get("promoted") if alias.exists() else None
+    if not tag:
+        raise SystemExit(
+            f"no promoted {MODEL_NAME} model in {bentoml_home}. Get one with the pipeline flow "
+            f"(`make real` or `python -m pipelines.flow` promotes into $BENTOML_HOME), or build a full-size "
+            f"stand-in with `--make-model` (MobileNetV2 224 px alpha 1.0 trained a few steps on blobs: fine for "
+            f"speed, not a medical model), or pass --bentoml-home / --model-tag.")
+    name, _, version = tag.partition(":")
+    path = bentoml_home / "models" / name / version
+    if not (path / "model.tflite").is_file():
+        raise SystemExit(f"{tag}: {path} lacks model.tflite")
+    return tag, path
+
+
+def describe_model(path: Path) -> str:
+    try:
+        card = json.loads((path / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return "no model card"
+    params = card.get("params") or {}
+    imaging = params.get("imaging") or {}
+    alpha = (params.get("model") or {}).get("alpha")
+    weights = (card.get("model") or {}).get("weights_init")
+    syn = (card.get("data") or {}).get("synthetic")
+    note = f"MobileNetV2 alpha {alpha}, {imaging.get('image_size')} px, weights_init {str(weights)[:20]}, synthetic data {syn}"
+    if imaging.get("image_size") != 224 or alpha != 1.0:
+        note += "  ** NOT the production size: figures do not stand for the real service **"
+    return note
+
+
+def make_model(out: Path) -> Path:
+    """A full-size stand-in (224 px, alpha 1.0) promoted into out/bentoml_home via the test fixture."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "tests.serving_fixtures", str(out / "fixture"), "--size", "224",
+                    "--alpha", "1.0", "--steps", "5"], cwd=REPO, check=True)
+    return out / "fixture" / "bentoml_home"
+
+
+# ------------------------------------------------------------------ servers
+
+
+class Server:
+    def __init__(self, name: str, kind: str, env: dict, model_path: Path, tag: str, bentoml_home: Path, log_dir: Path):
+        self.name, self.kind = name, kind
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "BENTOML_HOME": str(bentoml_home),
+                    "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1", "PYTHONPATH": str(REPO), **env}
+        if kind == "bentoml":
+            full_env["CXR_MODEL_TAG"] = tag
+            target = env.get("CXR_SERVICE_TARGET", "service:CXRScreening")
+            cmd = [str(VENV_BIN / "bentoml"), "serve", target, "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+            self.ready_path = "/readyz"
+        else:
+            cmd = [sys.executable, str(REPO / "bench" / "seed_server.py"), "--model", str(model_path / "model.keras"),
+                   "--port", str(self.port)]
+            self.ready_path = "/"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 180) -> float:
+        import httpx
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}:\n"
+                                   + self.log_path.read_text(errors="replace")[-2000:])
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s} s; see {self.log_path}")
+
+    def rss(self) -> int | None:
+        return tree_rss(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # our own process group (start_new_session)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+# ------------------------------------------------------------------ load
+
+
+async def closed_loop(url: str, payloads, concurrency: int, n_requests: int, warmup: int) -> dict:
+    """``concurrency`` clients, each sending its next request when the previous one answers."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        async def post(i: int):
+            name, data = payloads[i % len(payloads)]
+            t0 = time.perf_counter()
+            try:
+                resp = await client.post("/predict", files={"image": (name, data, "image/jpeg")})
+                ok = resp.status_code == 200 and "probability" in resp.json()
+            except (httpx.HTTPError, ValueError):
+                ok = False
+            return ok, time.perf_counter() - t0
+
+        async def run(count: int, offset: int):
+            latencies, errors, counter = [], 0, iter(range(count))
+
+            async def worker():
+                nonlocal errors
+                for i in counter:
+                    ok, dt = await post(offset + i)
+                    if ok:
+                        latencies.append(dt)
+                    else:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return latencies, errors, time.perf_counter() - t0
+
+        await run(warmup, 10_000)
+        latencies, errors, wall = await run(n_requests, 0)
+    return latency_summary(latencies, errors, wall)
+
+
+async def open_loop(url: str, payloads, rate: float, n_requests: int) -> dict:
+    """Requests sent on a fixed schedule (``rate`` per second) whatever the answers; latency from
+    the scheduled time (no coordinated omission)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int):
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            name, data = payloads[i % len(payloads)]
+            try:
+                resp = await client.post("/predict", files={"image": (name, data, "image/jpeg")})
+                ok = resp.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            return ok, time.perf_counter() - due
+
+        results = await asyncio.gather(*(one(i) for i in range(n_requests)))
+        wall = time.perf_counter() - start
+    lat = [dt for ok, dt in results if ok]
+    out = latency_summary(lat, sum(1 for ok, _ in results if not ok), wall)
+    out["offered_per_s"] = rate
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def combine(runs: list[dict]) -> dict:
+    """Several rounds of one server -> the median of each figure (one round: itself)."""
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def merge(summaries: list[dict]) -> dict:
+        out = {k: med([r[k] for r in summaries]) for k in summaries[0] if k not in ("requests", "errors", "ok")}
+        for k in ("requests", "errors", "ok"):
+            out[k] = sum(r[k] for r in summaries)
+        return out
+
+    first = runs[0]
+    return {"levels": {c: merge([r["levels"][c] for r in runs]) for c in first["levels"]},
+            "steady": merge([r["steady"] for r in runs]),
+            "rss_before": med([r["rss_before"] for r in runs]), "rss_after": med([r["rss_after"] for r in runs]),
+            "env": first["env"], "ready_s": med([r["ready_s"] for r in runs]), "rounds": len(runs),
+            "per_round_images_per_s": {c: [r["levels"][c]["images_per_s"] for r in runs] for c in first["levels"]}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bentoml-home", type=Path, default=Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")))
+    ap.add_argument("--model-tag", help="default: the promoted model")
+    ap.add_argument("--make-model", type=Path, metavar="DIR",
+                    help="build + promote a full-size stand-in model (224 px, alpha 1.0) under DIR and use it")
+    ap.add_argument("--images", type=Path, default=ORIGINALS)
+    ap.add_argument("--url", help="benchmark an already running service instead of starting one")
+    ap.add_argument("--server-pid", type=int, help="with --url: its pid, for RSS")
+    ap.add_argument("--variants", default="service,baseline",
+                    help=f"comma-separated, from {sorted(VARIANTS)}; 'baseline' is always measured")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=320, help="measured requests per level (service)")
+    ap.add_argument("--baseline-requests", type=int, default=160, help="measured requests per level (baseline)")
+    ap.add_argument("--steady-rate", type=float, default=10.0)
+    ap.add_argument("--steady-seconds", type=float, default=30.0)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every server this many times, interleaved; the tables show the medians")
+    ap.add_argument("--quick", action="store_true", help="160/64 requests per level, 15 s steady")
+    ap.add_argument("--max-load", type=float, default=0.0,
+                    help="wait (up to 10 min) for the 1-min load average to fall below this first (0: don't)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--log-dir", type=Path, default=Path("/tmp/cxr-bench-serving"))
+    a = ap.parse_args()
+    if a.quick:
+        a.requests, a.baseline_requests, a.steady_seconds = 160, 64, 15.0
+    levels = [int(c) for c in a.concurrency.split(",")]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if "baseline" not in variants:
+        variants.append("baseline")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    if a.url:
+        variants = ["service"] + [v for v in variants if v == "baseline"]
+    a.log_dir.mkdir(parents=True, exist_ok=True)
+
+    home = a.make_model and make_model(a.make_model) or a.bentoml_home
+    tag, model_path = find_model(home, a.model_tag)
+    payloads, what = load_payloads(a.images)
+    print("# Serving benchmark")
+    print(f"model {tag} ({describe_model(model_path)})")
+    print(f"inputs: {what}, {sum(len(d) for _, d in payloads) / len(payloads) / 1024:.0f} KiB on average")
+    print(f"load before: {wait_quiet(a.max_load, 600)}")
+    print(f"python {sys.version.split()[0]}; every server on 127.0.0.1, one at a time; client: one asyncio process (httpx)")
+
+    rows, steady_rows, results = [], [], {}
+    order = [v for v in variants if v != "baseline"] + ["baseline"]
+    rounds: dict[str, list[dict]] = {name: [] for name in order}
+    for round_no in range(a.rounds):
+        for name in order:
+            kind, env = VARIANTS[name]
+            server = None
+            n = a.baseline_requests if kind == "seed" else a.requests
+            try:
+                if a.url and name == "service":
+                    url, rss = a.url.rstrip("/"), (lambda: tree_rss(a.server_pid) if a.server_pid else None)
+                    started = None
+                else:
+                    server = Server(name, kind, env, model_path, tag, home, a.log_dir)
+                    started = server.wait_ready()
+                    url, rss = server.url, server.rss
+                asyncio.run(closed_loop(url, payloads, 2, 8, 0))  # warm every code path once
+                rss_before = rss()
+                print(f"\n{name} (round {round_no + 1}/{a.rounds}): ready in {started or 0:.1f} s, {n} requests "
+                      f"per level; {load_note()}", flush=True)
+                per_level = {}
+                for c in levels:
+                    r = asyncio.run(closed_loop(url, payloads, c, n, warmup=min(c, 8)))
+                    per_level[c] = r
+                    print(f"  c={c:<3} {r['images_per_s']:.1f} img/s  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms  "
+                          f"errors {r['errors']}", flush=True)
+                steady_n = int(a.steady_rate * a.steady_seconds)
+                steady = asyncio.run(open_loop(url, payloads, a.steady_rate, steady_n))
+                print(f"  steady {a.steady_rate:g}/s x {steady_n}: p50 {steady['p50_ms']:.0f} ms  p99 {steady['p99_ms']:.0f} ms  "
+                      f"errors {steady['errors']}", flush=True)
+                rss_after = rss()
+                rounds[name].append({"levels": per_level, "steady": steady, "rss_before": rss_before,
+                                 "rss_after": rss_after, "env": env, "ready_s": started})
+            finally:
+                if server:
+                    server.stop()
+
+    results = {name: combine(runs) for name, runs in rounds.items()}
+    base = results["baseline"]
+    for name in order:
+        res = results[name]
+        for c, r in res["levels"].items():
+            rows.append({"server": name, "c": c, "requests": r["requests"], "errors": r["errors"],
+                         "img/s": r["images_per_s"], "p50 ms": r["p50_ms"], "p95 ms": r["p95_ms"], "p99 ms": r["p99_ms"],
+                         "RSS before": fmt_bytes(res["rss_before"]), "RSS after": fmt_bytes(res["rss_after"]),
+                         "vs baseline": fmt_ratio(ratio(r["images_per_s"], base["levels"][c]["images_per_s"])),
+                         "img/s per round": " ".join(f"{x:.0f}" for x in res["per_round_images_per_s"][c])})
+        s = res["steady"]
+        steady_rows.append({"server": name, "offered/s": s["offered_per_s"], "requests": s["requests"],
+                            "errors": s["errors"], "done/s": s["images_per_s"], "p50 ms": s["p50_ms"],
+                            "p95 ms": s["p95_ms"], "p99 ms": s["p99_ms"], "max ms": s["max_ms"],
+                            "p99 vs baseline": fmt_ratio(ratio(s["p99_ms"], base["steady"]["p99_ms"]))})
+    cols = ["server", "c", "requests", "errors", "img/s", "p50 ms", "p95 ms", "p99 ms", "RSS before", "RSS after",
+            "vs baseline"] + (["img/s per round"] if a.rounds > 1 else [])
+    print(f"\n## Closed loop (same run; {a.rounds} interleaved round(s), medians; ratio = images/s over the "
+          f"baseline's at the same concurrency)\n")
+    print(render_table(rows, cols, digits=1))
+    print(f"\n## Steady {a.steady_rate:g} requests/s, open loop (latency from the scheduled send time)\n")
+    print(render_table(steady_rows, ["server", "offered/s", "requests", "errors", "done/s", "p50 ms", "p95 ms", "p99 ms",
+                                     "max ms", "p99 vs baseline"], digits=1))
+    print(f"\nload after: {load_note()}")
+
+    print("\n## Targets (this 2-core machine)\n")
+    top = max(levels)
+    for name in order:
+        if name == "baseline":
+            continue
+        r = results[name]["levels"].get(top)
+        if r is None:
+            continue
+        sp = ratio(r["images_per_s"], base["levels"][top]["images_per_s"])
+        p99 = results[name]["steady"]["p99_ms"]
+        print(f"- {name}: c={top} {r['images_per_s']:.1f} img/s (target >= {TARGET_IMG_S_C32:g}): "
+              f"{verdict(r['images_per_s'], TARGET_IMG_S_C32)}; {fmt_ratio(sp)} the baseline (target >= "
+              f"{TARGET_SPEEDUP_C32:g}x): {verdict(sp, TARGET_SPEEDUP_C32)}; steady p99 {p99:.0f} ms (target <= "
+              f"{TARGET_P99_STEADY_MS:g}): {verdict(p99, TARGET_P99_STEADY_MS, higher_is_better=False)}")
+    if a.json:
+        a.json.write_text(json.dumps({"model": tag, "inputs": what, "results": results}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The benchmarks' pure helpers (statistics, ratios, tables, stage-time parsing). No timing
+assertions: the benchmarks themselves are scripts (bench/, docs/performance.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.pipeline import parse_stage_times
+from bench.report import fmt_bytes, fmt_num, fmt_ratio, latency_summary, percentile, ratio, render_table, verdict
+from bench.seed_server import multipart_file
+
+
+def test_percentile_matches_numpy_linear():
+    rng = np.random.default_rng(0)
+    xs = list(rng.exponential(30.0, 101))
+    for q in (0, 1, 50, 95, 99, 100):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_throughput_and_ms():
+    s = latency_summary([0.010, 0.020, 0.030, 0.040], errors=1, wall_s=2.0)
+    assert s["requests"] == 5 and s["ok"] == 4 and s["errors"] == 1
+    assert s["images_per_s"] == pytest.approx(2.0)
+    assert s["p50_ms"] == pytest.approx(25.0)
+    assert s["max_ms"] == pytest.approx(40.0)
+    empty = latency_summary([], errors=3, wall_s=0.0)
+    assert empty["images_per_s"] == 0.0 and empty["p99_ms"] is None
+
+
+def test_ratio_and_formatting():
+    assert ratio(60.0, 5.0) == pytest.approx(12.0)
+    assert ratio(1.0, 0.0) is None and ratio(None, 1.0) is None
+    assert fmt_ratio(12.0) == "12.00x"
+    assert fmt_ratio(0.456) == "0.46x"
+    assert fmt_ratio(250.0) == "250x"
+    assert fmt_ratio(None) == "n/a" and fmt_ratio(float("nan")) == "n/a"
+    assert fmt_num(None) == "-" and fmt_num(3) == "3" and fmt_num(2.345, 2) == "2.35"
+    assert fmt_num(0.00002, 2) == "2.0e-05"
+    assert fmt_bytes(512) == "512 B" and fmt_bytes(8880120) == "8.5 MiB"
+    assert verdict(61, 60) == "MET" and verdict(149, 150, higher_is_better=False) == "MET"
+    assert verdict(None, 1) == "not measured" and verdict(59.9, 60) == "NOT MET"
+
+
+def test_render_table_is_markdown():
+    text = render_table([{"server": "service", "img/s": 61.234, "errors": 0}, {"server": "baseline", "img/s": None}],
+                        ["server", ("img/s", "images/s"), "errors"])
+    lines = text.splitlines()
+    assert lines[0].split("|")[1:-1] == [" server   ", " images/s ", " errors "]
+    assert set(lines[1]) <= {"|", "-"}
+    assert "61.2" in lines[2] and "| -" in lines[3]
+    assert len({len(line) for line in lines}) == 1  # aligned
+
+
+def test_parse_stage_times_from_dvc_output():
+    events = [(0.5, "Stage 'download' didn't change, skipping"), (1.0, "Running stage 'split':"),
+              (1.1, "> python -m stages.split"), (11.0, "Running stage 'train':"), (70.0, "Updating lock file")]
+    times = parse_stage_times(events, end=71.0)
+    assert times == {"split": pytest.approx(10.0), "train": pytest.approx(60.0)}
+    assert parse_stage_times([], end=1.0) == {}
+
+
+def test_seed_server_multipart_parsing():
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpeg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff\r\nbytes\r\n--XyZ--\r\n")
+    assert multipart_file(body, "multipart/form-data; boundary=XyZ") == b"\xff\xd8\xff\r\nbytes"
+    assert multipart_file(body, "multipart/form-data; boundary=XyZ", field="other") is None
+    assert multipart_file(body, "application/json") is None
+
+
+def test_serving_rounds_combine_to_medians():
+    from bench.serving import combine
+
+    def run(ips, p99, errors=0):
+        level = {"requests": 10, "ok": 10 - errors, "errors": errors, "wall_s": 1.0, "images_per_s": ips,
+                 "p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": p99, "max_ms": p99}
+        return {"levels": {32: level}, "steady": dict(level), "rss_before": 100, "rss_after": 200, "env": {},
+                "ready_s": 2.0}
+
+    out = combine([run(60.0, 100.0), run(90.0, 300.0, errors=1), run(70.0, 200.0)])
+    assert out["levels"][32]["images_per_s"] == 70.0
+    assert out["levels"][32]["p99_ms"] == 200.0
+    assert out["levels"][32]["errors"] == 1 and out["levels"][32]["requests"] == 30
+    assert out["per_round_images_per_s"][32] == [60.0, 90.0, 70.0]
+    assert out["rounds"] == 3 and out["rss_after"] == 200
