@@ -1,6 +1,6 @@
 """Export benchmark: size, per-image latency and agreement with Keras of every exported format.
 
-    .venv/bin/python bench/export.py                          # models/export, else the promoted model
+    .venv/bin/python bench/export.py                          # the promoted model, else models/export
     .venv/bin/python bench/export.py --export-dir /path/to/export --repeats 5
     PYTHONPATH=/tmp/cxr-ort .venv/bin/python bench/export.py  # + ONNX Runtime when importable
 
@@ -69,24 +69,33 @@ def timed(fn, x: np.ndarray, repeats: int) -> float:
     return statistics.median(times)
 
 
-def locate(a) -> tuple[Path, str]:
-    if a.export_dir:
-        return a.export_dir, str(a.export_dir)
-    if (REPO / "models" / "export" / "model.tflite").is_file() and not a.promoted:
-        return REPO / "models" / "export", "models/export"
+def promoted_dir() -> tuple[Path, str] | None:
     home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
     alias = home / "aliases" / "cxr-pneumonia.json"
     tag = json.loads(alias.read_text()).get("promoted") if alias.exists() else None
     if not tag:
-        raise SystemExit("no export: run the pipeline (dvc repro export) or promote a model, or pass --export-dir")
+        return None
     name, _, version = tag.partition(":")
     return home / "models" / name / version, f"promoted {tag}"
+
+
+def locate(a) -> tuple[Path, str]:
+    """--export-dir; else the promoted model (what is served); else models/export."""
+    if a.export_dir:
+        return a.export_dir, str(a.export_dir)
+    found = None if a.local else promoted_dir()
+    if found:
+        return found
+    if (REPO / "models" / "export" / "model.tflite").is_file():
+        return REPO / "models" / "export", "models/export"
+    raise SystemExit("no export: promote a model (make real), run the pipeline (dvc repro export) or pass --export-dir")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export-dir", type=Path)
-    ap.add_argument("--promoted", action="store_true", help="use the promoted store entry even if models/export exists")
+    ap.add_argument("--promoted", action="store_true", help="the promoted store entry (the default when there is one)")
+    ap.add_argument("--local", action="store_true", help="this checkout's models/export, not the promoted model")
     ap.add_argument("--images", type=Path, default=ORIGINALS)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats (batch 32) / passes over the images (batch 1)")
     ap.add_argument("--max-load", type=float, default=0.0)
