@@ -135,7 +135,7 @@ def main() -> int:
         lambda x: np.asarray(keras_model.predict(to_model_input(x), verbose=0)).reshape(-1), export_dir / "model.keras", "")
     compiled = tf.function(lambda t: keras_model(t, training=False), reduce_retracing=True)
     runners["keras (tf.function)"] = (lambda x: np.asarray(compiled(tf.constant(to_model_input(x)))).reshape(-1),
-                                      export_dir / "model.keras", "what cxr.model.predict could use")
+                                      export_dir / "model.keras", "as cxr.model.predict (since 67b1e10)")
     loaded = tf.saved_model.load(str(saved_dir))
     sig = loaded.signatures["serving_default"]
     in_name = list(sig.structured_input_signature[1].keys())[0]
