@@ -74,18 +74,6 @@ def _stage_env(project: Path) -> dict:
     return env
 
 
-def _retry_unless_user_error(task, task_run, state) -> bool:
-    """Retry a download that failed on the network, not one that failed on a user mistake
-    (the stage CLIs exit 2 for those: a wrong sha256, a bad param, missing pinned data)."""
-    try:
-        state.result()
-    except StageFailed as exc:
-        return "exit code 2" not in str(exc)
-    except Exception:  # noqa: BLE001
-        return True
-    return False
-
-
 def run_dvc_stage(stage: str, project: str) -> dict:
     """``dvc repro <stage>``, its output streamed into the run's log; ran or skipped."""
     logger = get_run_logger()
@@ -105,13 +93,19 @@ def run_dvc_stage(stage: str, project: str) -> dict:
     seconds = round(time.time() - started, 1)
     if code != 0:
         errors = [ln for ln in tail if ln.startswith(("error", "ERROR"))] or tail[-5:]
-        raise StageFailed(f"stage {stage} failed (exit code {code}) after {seconds} s: " + " | ".join(errors))
+        # The stage CLIs exit 2 for a user mistake (DVC then exits 1, saying "exited with 2"):
+        # a Failed state with the stage's message -- no traceback, no retry.
+        user_error = any(ln.rstrip().endswith("exited with 2") for ln in tail)
+        message = (f"stage {stage} failed ({'user error' if user_error else f'exit code {code}'}) after {seconds} s: "
+                   + " | ".join(errors))
+        if user_error:
+            return Failed(message=message)
+        raise StageFailed(message)  # anything else is unexpected: retried where retries are set
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
-# Download may fail on a network: retried. The others fail deterministically.
-download_task = task(run_dvc_stage, name="dvc-download", retries=2, retry_delay_seconds=5,
-                     retry_condition_fn=_retry_unless_user_error, cache_policy=NO_CACHE)
+# Download may fail on a network: retried (not on a user mistake, see run_dvc_stage).
+download_task = task(run_dvc_stage, name="dvc-download", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 stage_task = task(run_dvc_stage, name="dvc-stage", cache_policy=NO_CACHE)
 
 
@@ -189,9 +183,13 @@ def pipeline(project: str = ".", promote_model: bool = True):
 
     project = str(Path(project).resolve())
     logger = get_run_logger()
-    timings = [download_task(STAGES[0], project)]
-    for stage in STAGES[1:]:
-        timings.append(stage_task.with_options(name=f"dvc-{stage}")(stage, project))
+    timings = []
+    for stage in STAGES:
+        run_stage = download_task if stage == "download" else stage_task.with_options(name=f"dvc-{stage}")
+        state = run_stage(stage, project, return_state=True)
+        if not state.is_completed():
+            return Failed(message=state.message or f"stage {stage} failed")
+        timings.append(state.result())
         if stage == "validate":
             publish_validation(project)
     metrics = publish_metrics(project)

@@ -5,7 +5,9 @@ Three runs in one copy of the repo, each read back through the Prefect client AP
 2. on a local Dask cluster (prefect-dask): DVC skips every stage, champion and challenger
    are scored in parallel on the same test split, the no-regression rule applies, promoted;
 3. ``gate.on_synthetic: refuse``: the gate fails, the flow run ends Failed with the
-   reason, and the promoted model is untouched.
+   reason, and the promoted model is untouched;
+4. a missing data folder: the download stage's user error ends the run Failed with its
+   message and no traceback.
 """
 
 from __future__ import annotations
@@ -160,3 +162,15 @@ def test_flow_runs_gates_promotes_and_is_visible_on_the_server(project, prefect_
     assert runs[-1]["state"] == "FAILED" and "gate FAILED" in runs[-1]["message"]
     assert not any(n.startswith("promote") for n in runs[-1]["tasks"])
     assert runs[-1]["artifacts"]["cxr-gate-verdict"].data.startswith("# Gate FAILED")
+
+    # 4. A user mistake in a stage (a missing data folder): Failed with the stage's own message,
+    #    no traceback, nothing promoted.
+    subprocess.run([sys.executable, "-m", "cxr.params", "set", "download.source=/nonexistent/xrays"], cwd=project,
+                   check=True, env={**os.environ, "PYTHONPATH": str(project)})
+    fourth = run_flow(project, prefect_api, bentoml_home)
+    assert fourth.returncode == 1
+    assert "stage download failed (user error)" in fourth.stderr and "/nonexistent/xrays" in fourth.stderr
+    assert "Traceback" not in fourth.stdout + fourth.stderr
+    assert promoted_tag(bentoml_home) == second_champion
+    runs = read_back(prefect_api)
+    assert runs[-1]["state"] == "FAILED" and list(runs[-1]["tasks"]) == [n for n in runs[-1]["tasks"] if "download" in n]
