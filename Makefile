@@ -15,7 +15,7 @@ SOURCE ?=
 WEIGHTS ?=
 FLOW_ARGS ?=
 
-.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bento bench help
+.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bento bench bench-full help
 
 help:
 	@echo "make run     - set up, then run the whole pipeline as a Prefect flow: dvc stages, gate, promotion"
@@ -26,7 +26,8 @@ help:
 	@echo "make rollback [TAG=...] - promote TAG, or the previously promoted model"
 	@echo "make serve   - bentoml serve the promoted model on http://127.0.0.1:3000 (page: /ui/)"
 	@echo "make bento   - bentoml build: a bento that carries the promoted model"
-	@echo "make bench   - the benchmarks in bench/ (serving, pipeline, export), tables with ratios"
+	@echo "make bench   - the benchmarks in bench/ (serving, export, pipeline --quick; ~8 min), tables with ratios"
+	@echo "make bench-full - the same, 3 serving rounds and a full real-data pipeline run (~20 min)"
 	@echo "make test    - set up, then run the test suite"
 	@echo "make real    - switch params to ../shared (data + ImageNet weights), then run"
 	@echo "make pin SRC=<folder|zip|url|synthetic> - pin a data set in data/pinned (data.dvc)"
@@ -88,6 +89,16 @@ serve: setup
 
 bento: setup
 	$(BIN)/bentoml build
+
+bench: setup
+	$(BIN)/python bench/serving.py --quick
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/pipeline.py --quick
+
+bench-full: setup
+	$(BIN)/python bench/serving.py --variants service,service-2workers --rounds 3
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/pipeline.py --full
 
 clean:
 	rm -rf data/raw data/prepared models reports/validation

@@ -29,11 +29,13 @@ from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
-# Measured on 2 cores at concurrency 32 with original-size JPEGs (docs/serving.md): one TFLite
-# thread per call, one interpreter, 4 API threads, one worker beat the alternatives.
+# Measured on 2 cores at concurrency 32 with original-size JPEGs (README "Performance", 3
+# interleaved rounds): 2 worker processes with one TFLite thread each and 4 API threads gave
+# 103 img/s against 86 for one worker (p99 at a steady 10 req/s 35 vs 41 ms), for 2x the
+# memory (2.0 vs 1.0 GiB); adaptive batching and more TFLite threads lost.
 TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "1"))
 API_THREADS = int(os.environ.get("CXR_API_THREADS", "4"))
-WORKERS = int(os.environ.get("CXR_WORKERS", "1"))
+WORKERS = int(os.environ.get("CXR_WORKERS", "2"))
 
 
 def resolve_model_tag() -> str:

@@ -30,6 +30,9 @@ def serving_env(bentoml_home: Path, **extra: str) -> dict:
            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "CXR_API_THREADS": "2", **extra}
     env.pop("CXR_URL_ALLOWLIST", None)
     env.pop("CXR_MODEL_TAG", None)
+    # One worker: these tests check behaviour, not throughput; two would double each server's
+    # start-up CPU and memory on CI's 2 cores (the 2-worker default is exercised by bench/serving.py).
+    env["CXR_WORKERS"] = "1"
     env.update(extra)
     return env
 
