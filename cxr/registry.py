@@ -150,7 +150,8 @@ def list_models(name: str = MODEL_NAME) -> list[dict]:
 
     current = promoted_tag(name)
     rows = []
-    for m in bentoml.models.list(name):
+    # Oldest first, to the microsecond: two promotions can fall within one displayed second.
+    for m in sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time):
         md = m.info.metadata
         rows.append({
             "tag": str(m.tag),
@@ -164,7 +165,7 @@ def list_models(name: str = MODEL_NAME) -> list[dict]:
             "specificity": md.get("specificity"),
             "threshold": md.get("decision_threshold"),
         })
-    return sorted(rows, key=lambda r: r["created"])
+    return rows
 
 
 def rollback(tag: str | None = None, name: str = MODEL_NAME) -> str:
