@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from bench.report import fmt_bytes, fmt_ratio, load_note, render_table, wait_quiet  # noqa: E402
+from bench.report import fmt_bytes, fmt_ratio, load_note, promoted_store_dir, render_table, wait_quiet  # noqa: E402
 
 ORIGINALS = REPO.parent / "shared" / "data" / "originals"
 BASELINE = "keras model.predict (seed)"  # the speed ratios' 1.00x
@@ -70,13 +70,8 @@ def timed(fn, x: np.ndarray, repeats: int) -> float:
 
 
 def promoted_dir() -> tuple[Path, str] | None:
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    alias = home / "aliases" / "cxr-pneumonia.json"
-    tag = json.loads(alias.read_text()).get("promoted") if alias.exists() else None
-    if not tag:
-        return None
-    name, _, version = tag.partition(":")
-    return home / "models" / name / version, f"promoted {tag}"
+    found = promoted_store_dir()
+    return (found[0], f"promoted {found[1]}") if found else None
 
 
 def locate(a) -> tuple[Path, str]:

@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.report import fmt_ratio, load_note, render_table, verdict, wait_quiet  # noqa: E402
+from bench.report import fmt_ratio, load_note, promoted_store_dir, render_table, verdict, wait_quiet  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 REAL_DATA = SHARED / "data" / "chest_xray_224"
@@ -122,13 +122,11 @@ def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
 
 
 def champion_metrics() -> dict | None:
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    alias = home / "aliases" / "cxr-pneumonia.json"
-    tag = json.loads(alias.read_text()).get("promoted") if alias.exists() else None
-    if not tag:
+    found = promoted_store_dir()
+    if not found:
         return None
-    name, _, version = tag.partition(":")
-    card_path = home / "models" / name / version / "model_card.json"
+    folder, tag = found
+    card_path = folder / "model_card.json"
     if not card_path.exists():
         return None
     card = json.loads(card_path.read_text())

@@ -147,3 +147,15 @@ def tree_rss(pid: int) -> int | None:
         return total
     except Exception:  # noqa: BLE001 - psutil missing or process gone
         return None
+
+
+def promoted_store_dir():
+    """(folder of the promoted store entry, its tag), or None: read through cxr.registry
+    (the alias file under $BENTOML_HOME), without importing BentoML."""
+    from cxr.registry import bentoml_home, promoted_tag
+
+    tag = promoted_tag()
+    if not tag:
+        return None
+    name, _, version = tag.partition(":")
+    return bentoml_home() / "models" / name / version, tag
