@@ -149,6 +149,41 @@ def tree_rss(pid: int) -> int | None:
         return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by a process and all its live children, or None if gone."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        total = 0.0
+        for p in [proc] + proc.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+    except Exception:  # noqa: BLE001 - psutil missing or process gone
+        return None
+
+
+def wait_idle(pid: int, max_cores: float = 0.15, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+    """Wait until a server's process tree uses under ``max_cores`` CPUs over ``window_s``.
+
+    A service that reports ready while it still loads things in the background (ours warms
+    the Grad-CAM model in a thread) would otherwise be measured while it competes with
+    itself. Returns the seconds waited (``timeout_s`` if it never settled)."""
+    t0 = time.monotonic()
+    last = tree_cpu_seconds(pid)
+    while last is not None and time.monotonic() - t0 < timeout_s:
+        time.sleep(window_s)
+        now = tree_cpu_seconds(pid)
+        if now is None or (now - last) / window_s < max_cores:
+            break
+        last = now
+    return time.monotonic() - t0
+
+
 def promoted_store_dir():
     """(folder of the promoted store entry, its tag), or None: read through cxr.registry
     (the alias file under $BENTOML_HOME), without importing BentoML."""

@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/serving.py                       # promoted model in $BENTOML_HOME (~/bentoml)
     .venv/bin/python bench/serving.py --quick               # fewer requests (about 3 min)
-    .venv/bin/python bench/serving.py --variants service,service-2workers,baseline
+    .venv/bin/python bench/serving.py --variants service,service-1worker --rounds 3
     .venv/bin/python bench/serving.py --url http://127.0.0.1:3000 --server-pid 1234   # a running service
 
-Drives each server in turn (one at a time, on 127.0.0.1) with the same original-size JPEGs
-(``../shared/data/originals``, or generated ~1.5k px ones when absent): closed loop at
-concurrency 1, 8 and 32 with a bounded number of requests per level, then an open-loop
-steady 10 requests/s run (latency counted from each request's scheduled send time, so a
-server that falls behind is charged for the queue). Prints one table with images/s,
-p50/p95/p99 latency, errors, server RSS (the whole process tree) before and after, and the
-ratio to the baseline at the same concurrency; then the targets and whether they are met.
+Drives each server in turn (one at a time, on 127.0.0.1, once its process tree is idle) with
+the same original-size JPEGs (``../shared/data/originals``, or generated ~1.5k px ones when
+absent): closed loop at concurrency 1, 8 and 32 with a bounded number of requests per level,
+then an open-loop steady 10 requests/s run (latency counted from each request's scheduled
+send time, so a server that falls behind is charged for the queue). The service is driven on
+both its routes: ``/predict_raw`` (the file as the body) and ``/predict`` (a multipart form,
+as the baseline). Prints one table with images/s, p50/p95/p99 latency, errors, server RSS
+(the whole process tree) before and after, server and client CPU per request, and the ratio
+to the baseline at the same concurrency; then the targets and whether they are met.
 
 Baseline (``bench/seed_server.py``): one stdlib HTTP handler that fully decodes the JPEG
 and calls Keras ``model.predict`` on one image per request -- the seed's way -- on the same
@@ -37,23 +39,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.report import fmt_bytes, fmt_ratio, free_port, latency_summary, load_note, ratio, render_table, tree_rss, verdict, wait_quiet  # noqa: E402
+from bench.loadgen import ROUTES, build_requests, closed_loop, open_loop  # noqa: E402
+from bench.report import (fmt_bytes, fmt_ratio, free_port, load_note, ratio, render_table, tree_cpu_seconds,  # noqa: E402
+                          tree_rss, verdict, wait_idle, wait_quiet)
 
 MODEL_NAME = "cxr-pneumonia"
 ORIGINALS = REPO.parent / "shared" / "data" / "originals"
 VENV_BIN = Path(sys.executable).parent
-# name -> (kind, extra environment). "service" is the service as shipped (service.py defaults).
+# name -> (kind, extra environment). "service" is the service as shipped (service.py defaults:
+# 2 workers, 4 API threads each, 1 TFLite thread); the others change one setting.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "service": ("bentoml", {}),
-    "service-tflite1": ("bentoml", {"CXR_TFLITE_THREADS": "1"}),
-    # two worker processes (CXR_WORKERS where service.py reads it; BENTOML_CONFIG_OPTIONS otherwise)
-    "service-2workers": ("bentoml", {"CXR_WORKERS": "2", "BENTOML_CONFIG_OPTIONS": "services.cxr_screening.workers=2",
-                                     "CXR_TFLITE_THREADS": "1"}),
-    "service-2workers-t2": ("bentoml", {"CXR_WORKERS": "2", "BENTOML_CONFIG_OPTIONS": "services.cxr_screening.workers=2",
-                                        "CXR_TFLITE_THREADS": "2"}),
+    "service-1worker": ("bentoml", {"CXR_WORKERS": "1"}),
+    "service-3workers": ("bentoml", {"CXR_WORKERS": "3"}),
+    "service-tflite2": ("bentoml", {"CXR_TFLITE_THREADS": "2"}),
     "service-api2": ("bentoml", {"CXR_API_THREADS": "2"}),
     "service-api8": ("bentoml", {"CXR_API_THREADS": "8"}),
-    # BentoML adaptive batching (bench/batched_service.py, the service author's variant, when present)
+    # BentoML adaptive batching (bench/batched_service.py; it has /predict only)
     "service-batched": ("bentoml", {"CXR_SERVICE_TARGET": "bench.batched_service:Front"}),
     "baseline": ("seed", {}),
 }
@@ -169,6 +171,9 @@ class Server:
     def rss(self) -> int | None:
         return tree_rss(self.proc.pid)
 
+    def cpu(self) -> float | None:
+        return tree_cpu_seconds(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # our own process group (start_new_session)
@@ -178,74 +183,6 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.log.close()
-
-
-# ------------------------------------------------------------------ load
-
-
-async def closed_loop(url: str, payloads, concurrency: int, n_requests: int, warmup: int) -> dict:
-    """``concurrency`` clients, each sending its next request when the previous one answers."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        async def post(i: int):
-            name, data = payloads[i % len(payloads)]
-            t0 = time.perf_counter()
-            try:
-                resp = await client.post("/predict", files={"image": (name, data, "image/jpeg")})
-                ok = resp.status_code == 200 and "probability" in resp.json()
-            except (httpx.HTTPError, ValueError):
-                ok = False
-            return ok, time.perf_counter() - t0
-
-        async def run(count: int, offset: int):
-            latencies, errors, counter = [], 0, iter(range(count))
-
-            async def worker():
-                nonlocal errors
-                for i in counter:
-                    ok, dt = await post(offset + i)
-                    if ok:
-                        latencies.append(dt)
-                    else:
-                        errors += 1
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return latencies, errors, time.perf_counter() - t0
-
-        await run(warmup, 10_000)
-        latencies, errors, wall = await run(n_requests, 0)
-    return latency_summary(latencies, errors, wall)
-
-
-async def open_loop(url: str, payloads, rate: float, n_requests: int) -> dict:
-    """Requests sent on a fixed schedule (``rate`` per second) whatever the answers; latency from
-    the scheduled time (no coordinated omission)."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        start = time.perf_counter() + 0.2
-
-        async def one(i: int):
-            due = start + i / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            name, data = payloads[i % len(payloads)]
-            try:
-                resp = await client.post("/predict", files={"image": (name, data, "image/jpeg")})
-                ok = resp.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            return ok, time.perf_counter() - due
-
-        results = await asyncio.gather(*(one(i) for i in range(n_requests)))
-        wall = time.perf_counter() - start
-    lat = [dt for ok, dt in results if ok]
-    out = latency_summary(lat, sum(1 for ok, _ in results if not ok), wall)
-    out["offered_per_s"] = rate
-    return out
 
 
 # ------------------------------------------------------------------ main
@@ -271,6 +208,26 @@ def combine(runs: list[dict]) -> dict:
             "per_round_images_per_s": {c: [r["levels"][c]["images_per_s"] for r in runs] for c in first["levels"]}}
 
 
+def measure_route(url: str, requests, levels: list[int], n: int, steady_rate: float, steady_n: int, cpu, rss) -> dict:
+    """Closed loop at each concurrency, then the open-loop steady run, for one server and route."""
+    asyncio.run(closed_loop(url, requests, 2, 8))  # warm every code path once
+    rss_before, per_level = rss(), {}
+    for c in levels:
+        cpu0 = cpu()
+        r = asyncio.run(closed_loop(url, requests, c, n, warmup=min(c, 8)))
+        cpu1 = cpu()
+        # server CPU per request sent (the warm-up ones included: they ran inside the window)
+        r["server_cpu_ms"] = None if cpu0 is None or cpu1 is None else 1000 * (cpu1 - cpu0) / (n + min(c, 8))
+        per_level[c] = r
+        print(f"  c={c:<3} {r['images_per_s']:.1f} img/s  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms  "
+              f"errors {r['errors']}  CPU/request: server {r['server_cpu_ms'] or 0:.1f} ms, client "
+              f"{r['client_cpu_ms']:.1f} ms", flush=True)
+    steady = asyncio.run(open_loop(url, requests, steady_rate, steady_n))
+    print(f"  steady {steady_rate:g}/s x {steady_n}: p50 {steady['p50_ms']:.0f} ms  p99 {steady['p99_ms']:.0f} ms  "
+          f"errors {steady['errors']}", flush=True)
+    return {"levels": per_level, "steady": steady, "rss_before": rss_before, "rss_after": rss()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bentoml-home", type=Path, default=Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")))
@@ -279,9 +236,11 @@ def main() -> int:
                     help="build + promote a full-size stand-in model (224 px, alpha 1.0) under DIR and use it")
     ap.add_argument("--images", type=Path, default=ORIGINALS)
     ap.add_argument("--url", help="benchmark an already running service instead of starting one")
-    ap.add_argument("--server-pid", type=int, help="with --url: its pid, for RSS")
+    ap.add_argument("--server-pid", type=int, help="with --url: its pid, for RSS and CPU")
     ap.add_argument("--variants", default="service,baseline",
                     help=f"comma-separated, from {sorted(VARIANTS)}; 'baseline' is always measured")
+    ap.add_argument("--routes", default="predict_raw,predict",
+                    help=f"the service's routes to drive, from {ROUTES} (the baseline only has a form route)")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=320, help="measured requests per level (service)")
     ap.add_argument("--baseline-requests", type=int, default=160, help="measured requests per level (baseline)")
@@ -299,11 +258,14 @@ def main() -> int:
         a.requests, a.baseline_requests, a.steady_seconds = 160, 64, 15.0
     levels = [int(c) for c in a.concurrency.split(",")]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    routes = [r.strip() for r in a.routes.split(",") if r.strip()]
     if "baseline" not in variants:
         variants.append("baseline")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    if not routes or any(r not in ROUTES for r in routes):
+        ap.error(f"--routes must name some of {ROUTES}")
     if a.url:
         variants = ["service"] + [v for v in variants if v == "baseline"]
     a.log_dir.mkdir(parents=True, exist_ok=True)
@@ -311,15 +273,16 @@ def main() -> int:
     home = a.make_model and make_model(a.make_model) or a.bentoml_home
     tag, model_path = find_model(home, a.model_tag)
     payloads, what = load_payloads(a.images)
+    requests = {route: build_requests(payloads, route) for route in ROUTES}
     print("# Serving benchmark")
     print(f"model {tag} ({describe_model(model_path)})")
     print(f"inputs: {what}, {sum(len(d) for _, d in payloads) / len(payloads) / 1024:.0f} KiB on average")
     print(f"load before: {wait_quiet(a.max_load, 600)}")
-    print(f"python {sys.version.split()[0]}; every server on 127.0.0.1, one at a time; client: one asyncio process (httpx)")
+    print(f"python {sys.version.split()[0]}; every server on 127.0.0.1, one at a time, measured once it is idle; "
+          f"client: one asyncio process (aiohttp, bodies built up front)")
 
-    rows, steady_rows, results = [], [], {}
     order = [v for v in variants if v != "baseline"] + ["baseline"]
-    rounds: dict[str, list[dict]] = {name: [] for name in order}
+    rounds: dict[str, list[dict]] = {}
     for round_no in range(a.rounds):
         for name in order:
             kind, env = VARIANTS[name]
@@ -327,50 +290,45 @@ def main() -> int:
             n = a.baseline_requests if kind == "seed" else a.requests
             try:
                 if a.url and name == "service":
-                    url, rss = a.url.rstrip("/"), (lambda: tree_rss(a.server_pid) if a.server_pid else None)
-                    started = None
+                    url = a.url.rstrip("/")
+                    rss = (lambda: tree_rss(a.server_pid) if a.server_pid else None)
+                    cpu = (lambda: tree_cpu_seconds(a.server_pid) if a.server_pid else None)
+                    started, settled = None, 0.0
                 else:
                     server = Server(name, kind, env, model_path, tag, home, a.log_dir)
                     started = server.wait_ready()
-                    url, rss = server.url, server.rss
-                asyncio.run(closed_loop(url, payloads, 2, 8, 0))  # warm every code path once
-                rss_before = rss()
-                print(f"\n{name} (round {round_no + 1}/{a.rounds}): ready in {started or 0:.1f} s, {n} requests "
-                      f"per level; {load_note()}", flush=True)
-                per_level = {}
-                for c in levels:
-                    r = asyncio.run(closed_loop(url, payloads, c, n, warmup=min(c, 8)))
-                    per_level[c] = r
-                    print(f"  c={c:<3} {r['images_per_s']:.1f} img/s  p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms  "
-                          f"errors {r['errors']}", flush=True)
-                steady_n = int(a.steady_rate * a.steady_seconds)
-                steady = asyncio.run(open_loop(url, payloads, a.steady_rate, steady_n))
-                print(f"  steady {a.steady_rate:g}/s x {steady_n}: p50 {steady['p50_ms']:.0f} ms  p99 {steady['p99_ms']:.0f} ms  "
-                      f"errors {steady['errors']}", flush=True)
-                rss_after = rss()
-                rounds[name].append({"levels": per_level, "steady": steady, "rss_before": rss_before,
-                                 "rss_after": rss_after, "env": env, "ready_s": started})
+                    settled = wait_idle(server.proc.pid)  # background warm-up (Grad-CAM model) done
+                    url, rss, cpu = server.url, server.rss, server.cpu
+                served_routes = ["predict"] if kind == "seed" or "CXR_SERVICE_TARGET" in env else routes
+                for route in served_routes:
+                    label = name if kind == "seed" else f"{name} /{route}"
+                    print(f"\n{label} (round {round_no + 1}/{a.rounds}): ready in {started or 0:.1f} s, idle after "
+                          f"{settled:.1f} s more; {n} requests per level; {load_note()}", flush=True)
+                    result = measure_route(url, requests[route], levels, n, a.steady_rate,
+                                           int(a.steady_rate * a.steady_seconds), cpu, rss)
+                    rounds.setdefault(label, []).append({**result, "env": env, "ready_s": started})
             finally:
                 if server:
                     server.stop()
 
-    results = {name: combine(runs) for name, runs in rounds.items()}
+    results = {label: combine(runs) for label, runs in rounds.items()}
     base = results["baseline"]
-    for name in order:
-        res = results[name]
+    rows, steady_rows = [], []
+    for label, res in results.items():
         for c, r in res["levels"].items():
-            rows.append({"server": name, "c": c, "requests": r["requests"], "errors": r["errors"],
+            rows.append({"server": label, "c": c, "requests": r["requests"], "errors": r["errors"],
                          "img/s": r["images_per_s"], "p50 ms": r["p50_ms"], "p95 ms": r["p95_ms"], "p99 ms": r["p99_ms"],
                          "RSS before": fmt_bytes(res["rss_before"]), "RSS after": fmt_bytes(res["rss_after"]),
+                         "server CPU ms/req": r.get("server_cpu_ms"), "client CPU ms/req": r.get("client_cpu_ms"),
                          "vs baseline": fmt_ratio(ratio(r["images_per_s"], base["levels"][c]["images_per_s"])),
                          "img/s per round": " ".join(f"{x:.0f}" for x in res["per_round_images_per_s"][c])})
         s = res["steady"]
-        steady_rows.append({"server": name, "offered/s": s["offered_per_s"], "requests": s["requests"],
+        steady_rows.append({"server": label, "offered/s": s["offered_per_s"], "requests": s["requests"],
                             "errors": s["errors"], "done/s": s["images_per_s"], "p50 ms": s["p50_ms"],
                             "p95 ms": s["p95_ms"], "p99 ms": s["p99_ms"], "max ms": s["max_ms"],
                             "p99 vs baseline": fmt_ratio(ratio(s["p99_ms"], base["steady"]["p99_ms"]))})
     cols = ["server", "c", "requests", "errors", "img/s", "p50 ms", "p95 ms", "p99 ms", "RSS before", "RSS after",
-            "vs baseline"] + (["img/s per round"] if a.rounds > 1 else [])
+            "server CPU ms/req", "client CPU ms/req", "vs baseline"] + (["img/s per round"] if a.rounds > 1 else [])
     print(f"\n## Closed loop (same run; {a.rounds} interleaved round(s), medians; ratio = images/s over the "
           f"baseline's at the same concurrency)\n")
     print(render_table(rows, cols, digits=1))
@@ -381,15 +339,13 @@ def main() -> int:
 
     print("\n## Targets (this 2-core machine)\n")
     top = max(levels)
-    for name in order:
-        if name == "baseline":
+    for label, res in results.items():
+        if label == "baseline" or top not in res["levels"]:
             continue
-        r = results[name]["levels"].get(top)
-        if r is None:
-            continue
+        r = res["levels"][top]
         sp = ratio(r["images_per_s"], base["levels"][top]["images_per_s"])
-        p99 = results[name]["steady"]["p99_ms"]
-        print(f"- {name}: c={top} {r['images_per_s']:.1f} img/s (target >= {TARGET_IMG_S_C32:g}): "
+        p99 = res["steady"]["p99_ms"]
+        print(f"- {label}: c={top} {r['images_per_s']:.1f} img/s (target >= {TARGET_IMG_S_C32:g}): "
               f"{verdict(r['images_per_s'], TARGET_IMG_S_C32)}; {fmt_ratio(sp)} the baseline (target >= "
               f"{TARGET_SPEEDUP_C32:g}x): {verdict(sp, TARGET_SPEEDUP_C32)}; steady p99 {p99:.0f} ms (target <= "
               f"{TARGET_P99_STEADY_MS:g}): {verdict(p99, TARGET_P99_STEADY_MS, higher_is_better=False)}")

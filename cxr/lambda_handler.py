@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from cxr import UserError
-from cxr.serving import MAX_REQUEST_BYTES, RequestError, ServedModel, decode, predict_many
+from cxr.serving import MAX_REQUEST_BYTES, RequestError, ServedModel, predict_many
 
 log = logging.getLogger(__name__)
 _MODELS: dict[str, ServedModel] = {}
@@ -106,8 +106,7 @@ def handle(event: dict, model: ServedModel) -> tuple[int, dict]:
         if "image" not in doc:
             raise RequestError("JSON body needs 'image' (base64) or 'images' (list of base64)", 400)
         raw = _b64(doc["image"], "'image'")
-    array = decode(raw, model.imaging)
-    return 200, model.answer(float(model.probabilities(array[None])[0]))
+    return 200, model.predict_bytes(raw)
 
 
 def handler(event, context=None):

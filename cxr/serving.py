@@ -236,6 +236,11 @@ class ServedModel:
         with self._tflite_lock:
             return self._tflite.predict(images)
 
+    def predict_bytes(self, data: bytes | None) -> dict:
+        """Image file bytes -> the answer for one image (RequestError for bad bytes)."""
+        image = decode(data, self.imaging)
+        return self.answer(float(self.probabilities(image[None])[0]))
+
     def keras_model(self):
         with self._keras_lock:
             if self._keras is None:

@@ -72,6 +72,24 @@ def test_seed_server_multipart_parsing():
     assert multipart_file(body, "application/json") is None
 
 
+def test_loadgen_builds_form_and_raw_requests_the_servers_can_read():
+    from bench.loadgen import answered, build_requests
+
+    payloads = [("a.jpeg", b"\xff\xd8\xffJPEG\r\n--not-a-boundary"), ("b.png", b"\x89PNG\r\n\x1a\nPNG")]
+    forms = build_requests(payloads, "predict")
+    assert [path for path, _, _ in forms] == ["/predict", "/predict"]
+    for (name, data), (_, body, headers) in zip(payloads, forms):
+        assert multipart_file(body, headers["Content-Type"]) == data  # what the seed-style server parses
+        assert f'filename="{name}"'.encode() in body
+    raw = build_requests(payloads, "predict_raw")
+    assert raw == [("/predict_raw", payloads[0][1], {"Content-Type": "image/jpeg"}),
+                   ("/predict_raw", payloads[1][1], {"Content-Type": "image/png"})]
+    with pytest.raises(ValueError):
+        build_requests(payloads, "explain")
+    assert answered(200, b'{"label": "NORMAL", "probability": 0.1}')
+    assert not answered(200, b'{"error": "x"}') and not answered(500, b'{"probability": 1}')
+
+
 def test_serving_rounds_combine_to_medians():
     from bench.serving import combine
 

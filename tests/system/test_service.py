@@ -220,6 +220,44 @@ def test_bad_upload_gets_specific_4xx(service, route, name, make, status, messag
     assert time.monotonic() - start < 20
 
 
+def post_raw(service, data: bytes, content_type: str | None = "image/jpeg", **kw):
+    headers = {"Content-Type": content_type} if content_type else {}
+    return requests.post(f"{service.url}/predict_raw", data=data, headers=headers, timeout=60, **kw)
+
+
+def test_predict_raw_answers_as_predict(service, promoted_model):
+    """The file itself as the body: the same answer as the multipart form, whatever type the client claims."""
+    for seed, (encode, ctype) in enumerate([(jpeg_bytes, "image/jpeg"), (png_bytes, "image/png"),
+                                            (jpeg_bytes, "application/octet-stream"), (png_bytes, None),
+                                            (jpeg_bytes, "image/png")]):
+        data = encode(xray(20 + seed))
+        raw = post_raw(service, data, ctype)
+        assert raw.status_code == 200, raw.text
+        assert_prediction(raw.json(), promoted_model)
+        assert raw.json() == post_file(service, "predict", data).json()
+
+
+@pytest.mark.parametrize("name,make,status,message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_raw_body_gets_specific_4xx(service, name, make, status, message):
+    resp = post_raw(service, make())
+    assert resp.status_code == status, f"{name}: {resp.status_code} {resp.text}"
+    assert message in error_of(resp) and "Traceback" not in resp.text
+
+
+def test_predict_raw_refuses_forms_paths_and_oversized_bodies(service):
+    image = png_bytes(xray(3))
+    resp = requests.post(f"{service.url}/predict_raw", files={"image": ("x.png", image)}, timeout=30)
+    assert resp.status_code == 415 and "send forms and JSON to /predict" in error_of(resp)
+    resp = requests.post(f"{service.url}/predict_raw", json={"url": "http://198.51.100.7/x.png"}, timeout=30)
+    assert resp.status_code == 415
+    for text in (b"/etc/passwd", b"http://198.51.100.7/x.png", b"file:///etc/passwd"):  # never read or fetched
+        resp = post_raw(service, text, "text/plain")
+        assert resp.status_code == 415 and "not a JPEG or PNG" in error_of(resp) and "root:" not in resp.text
+    resp = post_raw(service, np.random.default_rng(1).bytes(40 * 1024 * 1024))
+    assert resp.status_code == 413 and "byte limit" in error_of(resp)
+    assert requests.get(f"{service.url}/predict_raw", timeout=10).status_code == 405
+
+
 def test_empty_body_and_missing_field(service):
     resp = requests.post(f"{service.url}/predict", timeout=30)
     assert resp.status_code == 400 and "no image" in error_of(resp)
