@@ -96,7 +96,7 @@ bench: setup
 	$(BIN)/python bench/pipeline.py --quick
 
 bench-full: setup
-	$(BIN)/python bench/serving.py --variants service,service-2workers --rounds 3
+	$(BIN)/python bench/serving.py --variants service,service-1worker --rounds 3
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/pipeline.py --full
 

@@ -30,9 +30,9 @@ from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
 # Measured on 2 cores at concurrency 32 with original-size JPEGs (README "Performance", 3
-# interleaved rounds): 2 worker processes with one TFLite thread each and 4 API threads gave
-# 103 img/s against 86 for one worker (p99 at a steady 10 req/s 35 vs 41 ms), for 2x the
-# memory (2.0 vs 1.0 GiB); adaptive batching and more TFLite threads lost.
+# interleaved rounds, bench/serving.py): 2 worker processes, 4 API threads and 1 TFLite thread
+# each gave 153 img/s on /predict_raw against 121 for one worker (1.8 vs 1.0 GiB RSS, Keras for
+# /explain included); 3 workers, more or fewer API threads and adaptive batching were no better.
 TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "1"))
 API_THREADS = int(os.environ.get("CXR_API_THREADS", "4"))
 WORKERS = int(os.environ.get("CXR_WORKERS", "2"))
