@@ -1,7 +1,8 @@
 """BentoML service for the promoted chest X-ray model: a screening aid, not a diagnosis.
 
 APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (several),
-``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card).
+``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card); and
+``/predict_raw`` (POST the image file itself as the body: /predict's answer for less CPU).
 Health: ``/livez``, ``/readyz``, ``/metrics`` (BentoML's). Web page: ``/ui/``.
 
 Everything that is not BentoML plumbing lives in :mod:`cxr.serving`, shared with the
