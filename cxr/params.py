@@ -39,6 +39,11 @@ def section(name: str, path: str | os.PathLike | None = None) -> dict:
     return data[name]
 
 
+def sections(names: tuple[str, ...], path: str | os.PathLike | None = None) -> dict:
+    """Several sections at once (each must exist), e.g. everything a model card records."""
+    return {name: section(name, path) for name in names}
+
+
 def require(cfg: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """Fetch ``cfg[key]`` and check its type, with a message naming the param."""
     if key not in cfg:

@@ -16,12 +16,16 @@ between commits; informational, not gated.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from cxr.imaging import ImagingConfig, preprocess_bytes
+from cxr import UserError
+from cxr.acquisition import CUES, ClassAcquisition, class_mixed, counterfactual, decode_gray
+from cxr.imaging import ImagingConfig, preprocess_bytes, preprocess_image
 from cxr.metrics import at_threshold, ranking
 
 
@@ -72,13 +76,12 @@ PERTURBATIONS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
 HELD_OUT = ("sharpened", "low_contrast_haze")
 
 
-def random_acquisition(data: bytes, rng: np.random.Generator) -> bytes:
-    """A randomly re-acquired copy of an image, for training: the same family of changes as
-    :data:`PERTURBATIONS` (exposure, sharpness, resolution, compression, collimation borders)
-    at random strengths, applied *before* the preprocessing -- equalisation reacts to a
-    border or to blocking artefacts in ways no augmentation of the preprocessed image shows."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img).convert("L")
+def random_acquisition(img: Image.Image, rng: np.random.Generator) -> bytes:
+    """A randomly re-acquired copy of a decoded grayscale image, for training: the same family
+    of changes as :data:`PERTURBATIONS` (exposure, sharpness, resolution, compression,
+    collimation borders) at random strengths, both classes alike, applied *before* the
+    preprocessing -- equalisation reacts to a border or to blocking artefacts in ways no
+    augmentation of the preprocessed image shows."""
     if rng.random() < 0.5:
         img = _gamma(float(np.exp(rng.uniform(-0.5, 0.5))))(img)
     if rng.random() < 0.3:
@@ -93,21 +96,84 @@ def random_acquisition(data: bytes, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def acquisition_view(raw_dir, rel_paths, imaging: ImagingConfig, seed: int, workers: int = 4) -> np.ndarray:
-    """uint8 ``[N, S, S]``: every image randomly re-acquired (seeded per image), then preprocessed."""
+@dataclass(frozen=True)
+class Reacquire:
+    """How the augmented training views are re-acquired from the raw images (``train.reacquire``).
+
+    ``class_mix``: each image is moved a random fraction of the way towards the other class's
+    acquisition (:func:`cxr.acquisition.class_mixed`), ``t`` drawn from this range per cue;
+    ``None`` leaves the class-conditional cues alone. ``generic``: then a random exposure,
+    blur, resolution, border and JPEG quality, both classes alike (:func:`random_acquisition`).
+    """
+
+    class_mix: tuple[float, float] | None = None
+    generic: bool = False
+
+    @classmethod
+    def from_params(cls, cfg: dict | None) -> "Reacquire":
+        cfg = cfg or {}
+        if not isinstance(cfg, dict) or set(cfg) - {"class_mix", "generic"}:
+            raise UserError("params.yaml: 'train.reacquire' must be a mapping with keys class_mix, generic")
+        mix = cfg.get("class_mix")
+        if mix is not None:
+            if (not isinstance(mix, (list, tuple)) or len(mix) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mix)
+                    or not -1.0 <= mix[0] <= mix[1] <= 2.0):
+                raise UserError(f"params.yaml: 'train.reacquire.class_mix' must be null or [lo, hi] with "
+                                f"-1 <= lo <= hi <= 2, got {mix!r}")
+            mix = (float(mix[0]), float(mix[1]))
+        generic = cfg.get("generic", False)
+        if not isinstance(generic, bool):
+            raise UserError(f"params.yaml: 'train.reacquire.generic' must be true or false, got {generic!r}")
+        return cls(class_mix=mix, generic=generic)
+
+    @property
+    def active(self) -> bool:
+        return self.class_mix is not None or self.generic
+
+    def to_dict(self) -> dict:
+        return {"class_mix": list(self.class_mix) if self.class_mix else None, "generic": self.generic}
+
+
+def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition, imaging: ImagingConfig,
+               rng: np.random.Generator) -> np.ndarray:
+    """One re-acquired, preprocessed copy (uint8 ``[S, S]``) of an image of class ``label``."""
+    img = decode_gray(data)
+    if how.class_mix is not None:
+        img = class_mixed(img, label, facts, how.class_mix, rng)
+    if how.generic:
+        return preprocess_bytes(random_acquisition(img, rng), imaging)
+    return preprocess_image(img, imaging)
+
+
+def _map_images(fn, items: list, size: int, workers: int) -> np.ndarray:
     from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
 
-    def one(item):
-        i, rel = item
-        rng = np.random.default_rng([seed, i])
-        return preprocess_bytes(random_acquisition((Path(raw_dir) / str(rel)).read_bytes(), rng), imaging)
-
-    out = np.zeros((len(rel_paths), imaging.image_size, imaging.image_size), np.uint8)
+    out = np.zeros((len(items), size, size), np.uint8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, arr in enumerate(pool.map(one, enumerate(rel_paths), chunksize=32)):
+        for i, arr in enumerate(pool.map(fn, items, chunksize=32)):
             out[i] = arr
     return out
+
+
+def acquisition_view(raw_dir, rel_paths, labels, how: Reacquire, facts: ClassAcquisition,
+                     imaging: ImagingConfig, seed: int, workers: int = 4) -> np.ndarray:
+    """uint8 ``[N, S, S]``: every image re-acquired (seeded per image), then preprocessed."""
+    def one(i: int) -> np.ndarray:
+        data = (Path(raw_dir) / str(rel_paths[i])).read_bytes()
+        return reacquired(data, int(labels[i]), how, facts, imaging, np.random.default_rng([seed, i]))
+
+    return _map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
+
+
+def counterfactual_view(raw_dir, rel_paths, labels, facts: ClassAcquisition, imaging: ImagingConfig,
+                        cues=CUES, workers: int = 4) -> np.ndarray:
+    """uint8 ``[N, S, S]``: every image as the other class's chain would have acquired it."""
+    def one(i: int) -> np.ndarray:
+        data = (Path(raw_dir) / str(rel_paths[i])).read_bytes()
+        return preprocess_image(counterfactual(data, int(labels[i]), facts, cues), imaging)
+
+    return _map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
 
 
 def perturb_bytes(data: bytes, name: str) -> bytes:
@@ -153,3 +219,77 @@ def stress_test(raw_bytes: list[bytes], labels: np.ndarray, threshold: float, im
             "held_out": list(HELD_OUT),
             "worst_specificity": worst["specificity"],
             "worst_recall": min(m["recall"] for m in out.values())}
+
+
+# The counterfactual proxy of a class-conditional shift (cxr/acquisition.py): which classes are
+# given the other class's acquisition, and which cues. "normal_as_pneumonia" is the known shape
+# of the official test split (its NORMAL films were acquired like the train PNEUMONIA ones).
+PROXY_VARIANTS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "normal_as_pneumonia": ((0,), CUES),
+    "normal_aspect_only": ((0,), ("aspect",)),
+    "normal_detail_only": ((0,), ("detail",)),
+    "swapped": ((0, 1), CUES),  # every image given the other's acquisition: the shortcut reversed
+}
+PROXY = "normal_as_pneumonia"
+
+
+def counterfactual_test(raw_dir, paths, labels: np.ndarray, clean_scores: np.ndarray, threshold: float,
+                        facts: ClassAcquisition, imaging: ImagingConfig,
+                        predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Per :data:`PROXY_VARIANTS`: ROC AUC, recall and specificity at ``threshold`` with the
+    chosen classes' images re-acquired as the other class's chain would have, the rest as is.
+    A model that reads the lungs keeps its figures; one that reads the acquisition loses
+    specificity (NORMAL images scored up) or recall (PNEUMONIA scored down)."""
+    paths, labels = np.asarray(paths), np.asarray(labels)
+    shifted: dict[tuple[int, tuple[str, ...]], np.ndarray] = {}
+    for classes, cues in PROXY_VARIANTS.values():
+        for cls in classes:
+            key = (cls, cues)
+            if key not in shifted:
+                idx = np.flatnonzero(labels == cls)
+                shifted[key] = predict(counterfactual_view(raw_dir, paths[idx], labels[idx], facts, imaging, cues))
+
+    def figures(scores: np.ndarray) -> dict:
+        m = at_threshold(labels, scores, threshold)
+        return {"roc_auc": ranking(labels, scores)["roc_auc"], "recall": m["recall"], "specificity": m["specificity"],
+                "mean_probability": {"NORMAL": round(float(scores[labels == 0].mean()), 4) if (labels == 0).any() else None,
+                                     "PNEUMONIA": round(float(scores[labels == 1].mean()), 4) if (labels == 1).any() else None}}
+
+    clean = figures(clean_scores)
+    out = {"images": int(len(labels)), "threshold": round(float(threshold), 6), "facts": facts.to_dict(),
+           "clean": clean}
+    for name, (classes, cues) in PROXY_VARIANTS.items():
+        scores = np.array(clean_scores, dtype=np.float64, copy=True)
+        for cls in classes:
+            scores[labels == cls] = shifted[(cls, cues)]
+        out[name] = {**figures(scores), "classes_shifted": [("NORMAL", "PNEUMONIA")[c] for c in classes],
+                     "cues": list(cues)}
+        out[name]["specificity_change"] = round(out[name]["specificity"] - clean["specificity"], 4)
+    return out
+
+
+def served_gap(pairs: list[tuple[int, bytes, bytes]], threshold: float, imaging: ImagingConfig,
+               predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """What the service answers for a full-size original against what evaluation measured on
+    the data set's 224-px copy of the same film, made by another resize chain.
+
+    ``pairs``: (label, original bytes, copy bytes). Both go through THE preprocessing; any
+    difference is the model reacting to the chain, which evaluation cannot see."""
+    if not pairs:
+        return {"images": 0}
+    labels = np.array([p[0] for p in pairs])
+    served = predict(np.stack([preprocess_bytes(p[1], imaging) for p in pairs]))
+    copy = predict(np.stack([preprocess_bytes(p[2], imaging) for p in pairs]))
+    gap = np.abs(served - copy)
+
+    def mean(scores, cls):
+        return round(float(scores[labels == cls].mean()), 4) if (labels == cls).any() else None
+
+    return {
+        "images": int(len(pairs)),
+        "abs_change": {"median": round(float(np.median(gap)), 4), "p90": round(float(np.percentile(gap, 90)), 4),
+                       "max": round(float(gap.max()), 4)},
+        "label_agreement": round(float(np.mean((served >= threshold) == (copy >= threshold))), 4),
+        "mean_probability": {"served": {"NORMAL": mean(served, 0), "PNEUMONIA": mean(served, 1)},
+                             "copy": {"NORMAL": mean(copy, 0), "PNEUMONIA": mean(copy, 1)}},
+    }

@@ -25,6 +25,7 @@ import numpy as np
 
 from cxr import UserError, params
 from cxr.dataset import SplitData
+from cxr.robustness import Reacquire
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,11 @@ class TrainConfig:
     label_smoothing: float
     early_stopping_patience: int
     augment: Augment = field(default_factory=Augment)
-    acquisition_views: bool = False
+    clean_view: bool = True
+    select_on: str = "val"
+    reacquire: Reacquire = field(default_factory=Reacquire)
+
+    SELECT_ON = ("val", "val+counterfactual")
 
     @classmethod
     def from_params(cls, cfg: dict) -> "TrainConfig":
@@ -64,6 +69,12 @@ class TrainConfig:
         unknown = set(aug) - set(Augment.__dataclass_fields__)
         if unknown:
             raise UserError(f"params.yaml: unknown 'train.augment' keys {sorted(unknown)}")
+        clean_view = cfg.get("clean_view", True)
+        if not isinstance(clean_view, bool):
+            raise UserError(f"params.yaml: 'train.clean_view' must be true or false, got {clean_view!r}")
+        select_on = cfg.get("select_on", "val")
+        if select_on not in cls.SELECT_ON:
+            raise UserError(f"params.yaml: 'train.select_on' must be one of {cls.SELECT_ON}, got {select_on!r}")
         out = cls(
             seed=params.require(cfg, "seed", int, where),
             weights=None if cfg.get("weights") in (None, "none") else str(cfg.get("weights")),
@@ -77,7 +88,9 @@ class TrainConfig:
             label_smoothing=params.require(cfg, "label_smoothing", float, where),
             early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where),
             augment=Augment(**{k: float(v) for k, v in aug.items()}),
-            acquisition_views=bool(cfg.get("acquisition_views", False)),
+            clean_view=clean_view,
+            select_on=select_on,
+            reacquire=Reacquire.from_params(cfg.get("reacquire")),
         )
         if out.batch_size < 1 or out.views < 1:
             raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
@@ -231,9 +244,12 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
           view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict]:
     """Train ``model`` in place. Returns (per-epoch history rows, summary facts).
 
-    ``view_sources`` (optional, one uint8 ``[N, S, S]`` array per augmented view) are the
-    images the augmented views start from instead of ``train.images``: randomly re-acquired
-    copies (:func:`cxr.robustness.acquisition_view`)."""
+    ``view_sources`` (optional, uint8 ``[N, S, S]`` arrays) are the images the views start
+    from instead of ``train.images``: randomly re-acquired copies
+    (:func:`cxr.robustness.acquisition_view`), one per view after the clean view 0, or one per
+    view with ``clean_view: false``. ``val`` is the split that early stopping and calibration
+    are measured on (with ``select_on: val+counterfactual``, validation and its counterfactual
+    copies)."""
     import keras
 
     from cxr.model import fold_calibration, logit_model, split_at
@@ -272,10 +288,14 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     else:
         bottom, top = split_at(model, cfg.fine_tune_from)
         t0 = time.time()
-        views = [run_in_batches(bottom, train.images, cfg.batch_size, None, "backbone view 0 (clean)")]
+        sources = list(view_sources or [])
+        if cfg.clean_view or not sources:
+            sources.insert(0, train.images)
+        sources += [train.images] * (cfg.views - len(sources))
+        # View 0 is never augmented by the augmenter (with clean_view: the image as acquired).
+        views = [run_in_batches(bottom, sources[0], cfg.batch_size, None, "backbone view 0")]
         for v in range(1, cfg.views):
-            source = view_sources[v - 1] if view_sources else train.images
-            views.append(run_in_batches(bottom, source, cfg.batch_size, augment, f"backbone view {v} (augmented)"))
+            views.append(run_in_batches(bottom, sources[v], cfg.batch_size, augment, f"backbone view {v} (augmented)"))
         train_acts = np.stack(views, axis=1)  # [N, V, h, w, c]
         val_acts = run_in_batches(bottom, val.images, cfg.batch_size, None, "backbone val")
         timings["backbone_cache_s"] = time.time() - t0

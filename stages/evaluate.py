@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import LABELS, SYNTHETIC_WARNING, cli, params
+from cxr import LABELS, SYNTHETIC_WARNING, UserError, cli, params
+from cxr.acquisition import ClassAcquisition
 from cxr.dataset import load_split
+from cxr.imaging import ImagingConfig
 from cxr.io import write_csv, write_json
 from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
 
@@ -24,6 +26,7 @@ MODEL = Path("models/model.keras")
 PLOTS = Path("reports/plots")
 SOURCE = Path("data/raw/source.json")
 RAW = Path("data/raw")
+THRESHOLD_ON = ("val", "val+counterfactual")
 
 
 def main() -> None:
@@ -32,21 +35,42 @@ def main() -> None:
     points = params.require(cfg, "plot_points", int, "evaluate")
     stress_images = params.require(cfg, "stress_images", int, "evaluate")
     stress_seed = params.require(cfg, "stress_seed", int, "evaluate")
+    threshold_on = cfg.get("threshold_on", "val")
+    if threshold_on not in THRESHOLD_ON:
+        raise UserError(f"params.yaml: 'evaluate.threshold_on' must be one of {THRESHOLD_ON}, got {threshold_on!r}")
+    run_counterfactual = params.require(cfg, "counterfactual", bool, "evaluate")
+    run_audit = params.require(cfg, "shortcut_audit", bool, "evaluate")
+    originals = cfg.get("originals")
+    if originals is not None and not Path(str(originals)).is_dir():
+        raise UserError(f"params.yaml: 'evaluate.originals' is {originals!r}, which is not a folder "
+                        "(null, or a folder with NORMAL/ and PNEUMONIA/ full-size originals)")
+    facts = ClassAcquisition.from_params(params.section("acquisition"))
     import keras
 
     from cxr.model import predict
 
     model = keras.saving.load_model(MODEL)
+    imaging = trained_imaging()
     val, test = load_split(PREPARED, "val"), load_split(PREPARED, "test")
     val_scores = predict(model, val.images)
     test_scores = predict(model, test.images)
+    score = lambda x: predict(model, x)  # noqa: E731
 
-    threshold = choose_threshold(val.labels, val_scores, target_recall)
+    threshold_val = choose_threshold(val.labels, val_scores, target_recall)
+    threshold = threshold_val
+    if threshold_on == "val+counterfactual":
+        from cxr.robustness import counterfactual_view
+
+        shifted = score(counterfactual_view(RAW, val.paths, val.labels, facts, imaging))
+        threshold = choose_threshold(np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]),
+                                     target_recall)
     source = json.loads(SOURCE.read_text()) if SOURCE.exists() else {}
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     metrics = {
         "threshold": round(threshold, 6),
         "target_recall": target_recall,
+        "threshold_chosen_on": threshold_on,
+        "threshold_val_only": round(threshold_val, 6),
         "test": {
             **ranking(test.labels, test_scores),
             "images": len(test),
@@ -66,7 +90,25 @@ def main() -> None:
         },
     }
     if stress_images > 0:
-        metrics["stress"] = _stress(model, test, threshold, stress_images, stress_seed)
+        metrics["stress"] = _stress(model, test, threshold, stress_images, stress_seed, imaging)
+    if run_counterfactual:
+        from cxr.robustness import PROXY, counterfactual_test
+
+        cf = counterfactual_test(RAW, test.paths, test.labels, test_scores, threshold, facts, imaging, score)
+        metrics["counterfactual"] = cf
+        for name in ("clean", *(k for k in cf if isinstance(cf[k], dict) and "cues" in cf[k])):
+            m = cf[name]
+            log.info("counterfactual %-20s AUC %s recall %.3f specificity %.3f mean p NORMAL %s",
+                     name, m["roc_auc"], m["recall"], m["specificity"], m["mean_probability"]["NORMAL"])
+        metrics["proxy"] = {"roc_auc": cf[PROXY]["roc_auc"], "recall": cf[PROXY]["recall"],
+                            "specificity": cf[PROXY]["specificity"], "variant": PROXY}
+    if run_audit:
+        metrics["shortcut_audit"] = _audit(test, test_scores)
+    if originals is not None:
+        from cxr.robustness import served_gap
+
+        metrics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals))), threshold, imaging, score)
+        log.info("served (full-size originals) vs evaluated (224-px copies): %s", metrics["served_vs_copy"])
     write_json("metrics.json", metrics)
 
     test_curves = curves(test.labels, test_scores, points)
@@ -98,14 +140,22 @@ def main() -> None:
         log.warning(SYNTHETIC_WARNING)
 
 
-def _stress(model, test, threshold: float, n_images: int, seed: int) -> dict:
+def trained_imaging() -> ImagingConfig:
+    """The imaging config the model was trained with, as training recorded it."""
+    summary = Path("reports/train/summary.json")
+    if not summary.exists():
+        raise UserError(f"{summary} not found: run the train stage first (dvc repro train)")
+    recorded = json.loads(summary.read_text()).get("imaging")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{summary} has no 'imaging' record: rerun the train stage")
+    return ImagingConfig.from_params(recorded)
+
+
+def _stress(model, test, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:
     """The acquisition-shift stress test on a stratified sample of the test split."""
-    from cxr.imaging import ImagingConfig
     from cxr.model import predict
     from cxr.robustness import stratified_sample, stress_test
 
-    summary = json.loads(Path("reports/train/summary.json").read_text()) if Path("reports/train/summary.json").exists() else {}
-    imaging = ImagingConfig.from_params(summary.get("imaging") or {"image_size": int(test.images.shape[1])})
     idx = stratified_sample(test.labels, n_images, seed)
     raw = [(RAW / str(test.paths[i])).read_bytes() for i in idx]
     result = stress_test(raw, test.labels[idx], threshold, imaging, lambda x: predict(model, x))
@@ -113,6 +163,46 @@ def _stress(model, test, threshold: float, n_images: int, seed: int) -> dict:
         log.info("stress %-20s AUC %s recall %.3f specificity %.3f (%+.3f)", name, m["roc_auc"], m["recall"],
                  m["specificity"], m["specificity_change"])
     return result
+
+
+def _audit(test, test_scores: np.ndarray) -> dict:
+    """The shortcut audit per split, the train-fitted shortcut on test, and whether the
+    model's test scores follow it within each class."""
+    from cxr.manifest import parse_name
+    from cxr.shortcuts import Audit, cross_validated, features, within_class_reliance
+
+    out = {}
+    feats = {}
+    for name in ("train", "val", "test"):
+        split = test if name == "test" else load_split(PREPARED, name)
+        groups = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
+        feats[name] = (features(split.images), split.labels)
+        out[name] = cross_validated(*feats[name], groups)
+    audit = Audit(*feats["train"])
+    shortcut_scores = audit.score(feats["test"][0])
+    out["train_fitted_on_test_auc"] = audit.transfer(*feats["test"])
+    out["model_follows_shortcut"] = within_class_reliance(test_scores, shortcut_scores, test.labels)
+    log.info("shortcut audit: cv AUC train %s val %s test %s; train-fitted on test %s; model-shortcut "
+             "correlation within class %s", out["train"]["cv_auc"], out["val"]["cv_auc"], out["test"]["cv_auc"],
+             out["train_fitted_on_test_auc"], out["model_follows_shortcut"])
+    return out
+
+
+def _original_pairs(originals: Path) -> list[tuple[int, bytes, bytes]]:
+    """(label, original, the data set's copy) for every original whose copy is in data/raw."""
+    from cxr.manifest import read_manifest
+
+    by_name = {(r["label"], Path(r["path"]).name): r["path"] for r in read_manifest(RAW)}
+    pairs = []
+    for label_i, label in enumerate(LABELS):
+        for path in sorted((originals / label).glob("*")):
+            rel = by_name.get((label, path.name))
+            if rel is not None:
+                pairs.append((label_i, path.read_bytes(), (RAW / rel).read_bytes()))
+    if not pairs:
+        raise UserError(f"evaluate.originals: none of the files in {originals}/{{NORMAL,PNEUMONIA}} has a copy "
+                        "in data/raw (matched by label and file name)")
+    return pairs
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """export: Keras, SavedModel and TFLite files, a parity check, and the model card.
 
-Reads params ``export`` (and records every section in the card); writes ``models/export/``.
+Reads params ``export`` (and records in the card every section that made the model); writes
+``models/export/``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main() -> None:
         checks.append(parity(keras_probs, predict(reloaded, sample), tolerance, "keras (reloaded)"))
         card = model_card(
             metrics=json.loads(Path("metrics.json").read_text()),
-            params=params.load(),
+            params=params.sections(("download", "validate", "split", "imaging", "acquisition", "model", "train",
+                                    "evaluate", "export")),
             source=_read_json("data/raw/source.json"),
             train_summary=_read_json("reports/train/summary.json"),
             parity_checks=checks,

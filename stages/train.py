@@ -1,6 +1,6 @@
 """train: MobileNetV2 transfer learning on the prepared splits.
 
-Reads params ``train``, ``model`` and ``imaging``; writes ``models/model.keras`` (calibrated,
+Reads params ``train``, ``model``, ``imaging`` and ``acquisition``; writes ``models/model.keras`` (calibrated,
 the full inference model), ``reports/train/history.csv`` (per-epoch curves, a DVC plot)
 and ``reports/train/summary.json``.
 """
@@ -11,8 +11,11 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cxr import UserError, cli, params
-from cxr.dataset import load_split
+from cxr.acquisition import ClassAcquisition
+from cxr.dataset import SplitData, load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import atomic_path, write_csv, write_json
 from cxr.model import build, resolve_weights, weights_fingerprint
@@ -30,6 +33,7 @@ def main() -> None:
     cfg = TrainConfig.from_params(params.section("train"))
     model_cfg = params.section("model")
     imaging = ImagingConfig.from_params(params.section("imaging"))
+    facts_acq = ClassAcquisition.from_params(params.section("acquisition"))
     alpha = params.require(model_cfg, "alpha", float, "model")
     dropout = params.in_range(params.require(model_cfg, "dropout", float, "model"), 0.0, 0.9, "model.dropout")
     weights = resolve_weights(cfg.weights, alpha, imaging.image_size)
@@ -44,13 +48,24 @@ def main() -> None:
     model = build(imaging.image_size, alpha=alpha, dropout=dropout, weights=weights)
     started = time.time()
     view_sources = None
-    if cfg.acquisition_views and cfg.views > 1 and weights is not None:  # from scratch uses no views
+    if cfg.reacquire.active and weights is not None:  # from scratch uses no cached views
         from cxr.robustness import acquisition_view
 
-        view_sources = [acquisition_view(RAW, train_split.paths, imaging, seed=cfg.seed + v) for v in range(1, cfg.views)]
-        log.info("%d augmented views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
-    history, facts = train(model, train_split, val_split, cfg, view_sources)
-    facts["acquisition_views"] = bool(view_sources)
+        count = cfg.views - 1 if cfg.clean_view else cfg.views
+        view_sources = [acquisition_view(RAW, train_split.paths, train_split.labels, cfg.reacquire, facts_acq, imaging,
+                                         seed=cfg.seed + v) for v in range(1, count + 1)]
+        log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
+    selection = val_split
+    if cfg.select_on == "val+counterfactual":
+        from cxr.robustness import counterfactual_view
+
+        selection = concat(val_split, counterfactual_view(RAW, val_split.paths, val_split.labels, facts_acq, imaging))
+    audit = views_audit(train_split, view_sources)
+    history, facts = train(model, train_split, selection, cfg, view_sources)
+    facts["reacquire"] = {**cfg.reacquire.to_dict(), "views": len(view_sources or []), "clean_view": cfg.clean_view}
+    facts["acquisition"] = facts_acq.to_dict()
+    facts["selected_on"] = cfg.select_on
+    facts["shortcut_audit_views"] = audit
     facts["wall_time_s"] = round(time.time() - started, 1)
     facts["weights"] = weights_fingerprint(weights)
     facts["imaging"] = imaging.to_dict()
@@ -61,6 +76,29 @@ def main() -> None:
     write_csv(REPORTS / "history.csv", history, HISTORY_COLUMNS)
     write_json(REPORTS / "summary.json", facts)
     log.info("saved %s (%.0f s): %s", MODEL, facts["wall_time_s"], facts.get("calibration"))
+
+
+def concat(split: SplitData, shifted: np.ndarray) -> SplitData:
+    """``split`` followed by its counterfactual copies (same labels and paths)."""
+    return SplitData(np.concatenate([split.images, shifted]), np.concatenate([split.labels, split.labels]),
+                     np.concatenate([split.paths, split.paths]))
+
+
+def views_audit(split: SplitData, view_sources: list[np.ndarray] | None) -> dict:
+    """The shortcut audit on what training sees: the images as acquired, and the re-acquired
+    views (whether re-acquisition took the class-conditional cues away)."""
+    from cxr.manifest import parse_name
+    from cxr.shortcuts import cross_validated, features
+
+    groups = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
+    out = {"as_acquired": cross_validated(features(split.images), split.labels, groups)}
+    if view_sources:
+        stacked = np.concatenate(view_sources)
+        reps = len(view_sources)
+        out["reacquired_views"] = cross_validated(features(stacked), np.tile(split.labels, reps), np.tile(groups, reps))
+    log.info("shortcut audit on training images: as acquired AUC %s, re-acquired views AUC %s",
+             out["as_acquired"]["cv_auc"], out.get("reacquired_views", {}).get("cv_auc"))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""How an image was acquired, apart from what it shows: the class-conditional shortcut.
+
+In the Kermany train split the two classes come from different acquisition chains. Full-size
+NORMAL films are squarer than PNEUMONIA films, so the square 224-px copy squashes a PNEUMONIA
+chest more across; and NORMAL images carry more fine detail (edge enhancement, compression,
+resolution of their chain). A model can separate the classes by these alone (the shortcut
+audit in :mod:`cxr.shortcuts`), and the official test split's NORMAL images were acquired like
+the train PNEUMONIA ones, so such a model fails there. The facts (each class's median aspect
+of the originals, and the detail gain that gives one class the other's detail level) are in
+``params.yaml`` ``acquisition``, measured by ``python -m cxr.acquisition measure``.
+
+Two transforms, on a decoded image at its own resolution (a 224-px copy or a full-size
+original alike), before THE preprocessing (:func:`cxr.imaging.preprocess_image`):
+
+- ``squash``: extra horizontal compression by a factor (> 1: the anatomy narrower, as a wider
+  film squashed to a square). The copy has nothing beyond its edges, so it is done by
+  stretching the height and cropping the centre (or the reverse for a factor < 1).
+- ``detail``: a gain on structure finer than about 1/25 of the image (unsharp-mask style):
+  < 1 softer, > 1 crisper. Coarse anatomy (lung fields, consolidation) is left alone.
+
+A *shift* moves an image a fraction ``t`` of the way from its own class's acquisition to the
+other class's (geometric interpolation; ``t = 1`` is the full counterfactual). Training draws
+``t`` per image and per cue from a range symmetric about 0.5, so both classes cover the same
+acquisitions (:func:`class_mixed_view`); evaluation uses ``t = 1`` (:func:`counterfactual`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from cxr import LABELS, UserError
+
+CUES = ("aspect", "detail")
+DETAIL_SCALE = 0.04  # blur sigma, as a fraction of the longer side, that separates "detail"
+
+
+@dataclass(frozen=True)
+class ClassAcquisition:
+    """Per class (0 NORMAL, 1 PNEUMONIA): median width/height of its full-size films, and the
+    detail gain that, after the aspect change, gives its images the other class's detail."""
+
+    aspect: tuple[float, float] = (1.0, 1.0)
+    detail_gain: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> "ClassAcquisition":
+        def pair(key: str) -> tuple[float, float]:
+            value = cfg.get(key)
+            if not isinstance(value, dict) or set(value) != set(LABELS):
+                raise UserError(f"params.yaml: 'acquisition.{key}' must map {' and '.join(LABELS)} to numbers")
+            out = []
+            for label in LABELS:
+                v = value[label]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.2 <= v <= 5.0:
+                    raise UserError(f"params.yaml: 'acquisition.{key}.{label}' must be a number in [0.2, 5], got {v!r}")
+                out.append(float(v))
+            return out[0], out[1]
+
+        return cls(aspect=pair("aspect"), detail_gain=pair("detail_gain"))
+
+    def to_dict(self) -> dict:
+        return {"aspect": dict(zip(LABELS, self.aspect)), "detail_gain": dict(zip(LABELS, self.detail_gain))}
+
+    def squash_towards_other(self, label: int) -> float:
+        return self.aspect[1 - label] / self.aspect[label]
+
+
+def squash(img: Image.Image, factor: float) -> Image.Image:
+    """Compress the anatomy across by ``factor`` (same image size; the centre is kept)."""
+    if abs(factor - 1.0) < 1e-3:
+        return img
+    w, h = img.size
+    if factor > 1:
+        tall = img.resize((w, max(h, round(h * factor))), Image.Resampling.BILINEAR)
+        top = (tall.height - h) // 2
+        return tall.crop((0, top, w, top + h))
+    wide = img.resize((max(w, round(w / factor)), h), Image.Resampling.BILINEAR)
+    left = (wide.width - w) // 2
+    return wide.crop((left, 0, left + w, h))
+
+
+def detail(img: Image.Image, gain: float) -> Image.Image:
+    """Scale structure finer than ``DETAIL_SCALE`` of the image by ``gain`` (L mode image)."""
+    if abs(gain - 1.0) < 1e-3:
+        return img
+    low = img.filter(ImageFilter.GaussianBlur(radius=max(img.size) * DETAIL_SCALE))
+    a = np.asarray(img, np.float32)
+    base = np.asarray(low, np.float32)
+    return Image.fromarray(np.clip(base + gain * (a - base), 0, 255).round().astype(np.uint8), "L")
+
+
+def shift(img: Image.Image, label: int, facts: ClassAcquisition, t_aspect: float, t_detail: float) -> Image.Image:
+    """Move a grayscale image ``t`` of the way from class ``label``'s acquisition to the other's."""
+    out = squash(img, facts.squash_towards_other(label) ** t_aspect)
+    return detail(out, facts.detail_gain[label] ** t_detail)
+
+
+def decode_gray(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        return ImageOps.exif_transpose(img).convert("L")
+
+
+def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Iterable[str] = CUES) -> Image.Image:
+    """The image as the other class's chain would have acquired it (the chosen cues only)."""
+    cues = set(cues)
+    unknown = cues - set(CUES)
+    if unknown:
+        raise UserError(f"unknown acquisition cues {sorted(unknown)}: expected some of {CUES}")
+    return shift(decode_gray(data), label, facts, 1.0 if "aspect" in cues else 0.0, 1.0 if "detail" in cues else 0.0)
+
+
+def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tuple[float, float],
+                rng: np.random.Generator) -> Image.Image:
+    """A random shift with ``t`` drawn per cue from ``mix``. With ``mix`` symmetric about 0.5
+    (e.g. [-0.25, 1.25]) both classes' shifted images cover the same acquisitions."""
+    t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
+    return shift(img, label, facts, float(t_aspect), float(t_detail))
+
+
+def _laplacian_level(images: list[Image.Image]) -> float:
+    """Median mean-|Laplacian|: how much fine detail a set of images carries."""
+    from scipy import ndimage
+
+    return float(np.median([np.abs(ndimage.laplace(np.asarray(i, np.float32))).mean() for i in images]))
+
+
+def measure(originals_dir, images: dict[int, list[Image.Image]]) -> ClassAcquisition:
+    """The facts, measured: aspects from full-size originals in ``originals_dir/{NORMAL,PNEUMONIA}``,
+    detail gains from ``images`` (the training images, by class) by bisection, so that the
+    squashed-and-gained images of one class reach the other's median detail level."""
+    from pathlib import Path
+
+    aspects = []
+    for label in LABELS:
+        files = sorted(p for p in (Path(originals_dir) / label).glob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        if not files:
+            raise UserError(f"{originals_dir}/{label}: no full-size originals to measure the aspect on")
+        sizes = [Image.open(p).size for p in files]
+        aspects.append(float(np.median([w / h for w, h in sizes])))
+    base = ClassAcquisition(aspect=(aspects[0], aspects[1]))
+    gains = []
+    for label in (0, 1):
+        target = _laplacian_level(images[1 - label])
+        squashed = [squash(i, base.squash_towards_other(label)) for i in images[label]]
+        lo, hi = 0.2, 5.0
+        for _ in range(18):
+            mid = (lo * hi) ** 0.5
+            if _laplacian_level([detail(i, mid) for i in squashed]) < target:
+                lo = mid
+            else:
+                hi = mid
+        gains.append(round((lo * hi) ** 0.5, 3))
+    return ClassAcquisition(aspect=(round(aspects[0], 3), round(aspects[1], 3)), detail_gain=(gains[0], gains[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cxr.acquisition measure ORIGINALS_DIR DATA_DIR [--sample N]``: prints the
+    ``acquisition`` section for params.yaml. DATA_DIR is a Kaggle-layout folder (its ``train``)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m cxr.acquisition")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="measure the class acquisition facts")
+    m.add_argument("originals", help="folder with NORMAL/ and PNEUMONIA/ full-size originals")
+    m.add_argument("data", help="Kaggle-layout folder whose train/{NORMAL,PNEUMONIA} images training sees")
+    m.add_argument("--sample", type=int, default=300, help="images per class for the detail gain")
+    m.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        rng = np.random.default_rng(args.seed)
+        images = {}
+        for label_i, label in enumerate(LABELS):
+            files = sorted((Path(args.data) / "train" / label).glob("*"))
+            if not files:
+                raise UserError(f"{args.data}/train/{label}: no images")
+            pick = rng.choice(len(files), size=min(args.sample, len(files)), replace=False)
+            images[label_i] = [decode_gray(files[i].read_bytes()) for i in sorted(pick)]
+        facts = measure(args.originals, images)
+    except UserError as exc:
+        print(f"error: {exc}")
+        return 2
+    import yaml
+
+    print(yaml.safe_dump({"acquisition": facts.to_dict()}, sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
