@@ -82,20 +82,117 @@ def test_stress_report_measures_a_brightness_sensitive_model():
 
 
 def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(tmp_path):
-    from cxr.robustness import acquisition_view, random_acquisition
+    from cxr.acquisition import ClassAcquisition, decode_gray
+    from cxr.robustness import Reacquire, acquisition_view, random_acquisition
 
     rels = []
     for i in range(6):
         (tmp_path / f"img{i}.jpeg").write_bytes(smooth_xray(i))
         rels.append(f"img{i}.jpeg")
+    labels = np.array([0, 1] * 3)
     cfg = ImagingConfig(48)
-    a = acquisition_view(tmp_path, rels, cfg, seed=3)
-    b = acquisition_view(tmp_path, rels, cfg, seed=3)
-    c = acquisition_view(tmp_path, rels, cfg, seed=4)
+    facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(0.8, 1.6))
+    how = Reacquire(class_mix=(-0.25, 1.25), generic=True)
+    a = acquisition_view(tmp_path, rels, labels, how, facts, cfg, seed=3)
+    b = acquisition_view(tmp_path, rels, labels, how, facts, cfg, seed=3)
+    c = acquisition_view(tmp_path, rels, labels, how, facts, cfg, seed=4)
     clean = np.stack([preprocess_bytes((tmp_path / r).read_bytes(), cfg) for r in rels])
     assert a.shape == clean.shape == (6, 48, 48) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert not np.array_equal(a, clean)
-    # Every re-acquired copy is a decodable JPEG of the original size.
-    out = random_acquisition(smooth_xray(0), np.random.default_rng(0))
+    # Every generic re-acquired copy is a decodable JPEG of the original size.
+    out = random_acquisition(decode_gray(smooth_xray(0)), np.random.default_rng(0))
     assert Image.open(io.BytesIO(out)).format == "JPEG" and Image.open(io.BytesIO(out)).size == (160, 128)
+    # Class mixing alone, with identical facts for both classes and no generic part, changes
+    # nothing: the image is decoded in full (no JPEG draft) and preprocessed.
+    from cxr.imaging import preprocess_image
+
+    same = ClassAcquisition()
+    plain = acquisition_view(tmp_path, rels, labels, Reacquire(class_mix=(0.0, 1.0)), same, cfg, seed=3)
+    full = np.stack([preprocess_image(decode_gray((tmp_path / r).read_bytes()), cfg) for r in rels])
+    assert np.array_equal(plain, full)
+
+
+def test_reacquire_params_are_checked():
+    import pytest
+
+    from cxr import UserError
+    from cxr.robustness import Reacquire
+
+    assert Reacquire.from_params({"class_mix": [-0.25, 1.25], "generic": False}).class_mix == (-0.25, 1.25)
+    assert not Reacquire.from_params({"class_mix": None}).active
+    for bad in ({"class_mix": [1.0, 0.0]}, {"class_mix": [0, 3]}, {"class_mix": "wide"}, {"generic": "yes"},
+                {"colour": True}):
+        with pytest.raises(UserError, match="train.reacquire"):
+            Reacquire.from_params(bad)
+
+
+def wide_film(seed: int, aspect: float, height: int = 120) -> Image.Image:
+    """A 'chest' drawn as a disc on a film of the given aspect, squashed to a square as the
+    data set's copies are: a wider film gives a narrower disc."""
+    width = round(height * aspect)
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = ((xx - width / 2) / (0.35 * height)) ** 2 + ((yy - height / 2) / (0.35 * height)) ** 2 < 1
+    rng = np.random.default_rng(seed)
+    img = np.where(disc, 200.0, 40.0) + rng.normal(0, 3, disc.shape)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8), "L").resize((96, 96), Image.Resampling.BILINEAR)
+
+
+def disc_width(img: np.ndarray) -> float:
+    """Width / height of the bright disc in a preprocessed image."""
+    mask = img > 120
+    return mask.any(axis=0).sum() / max(1, mask.any(axis=1).sum())
+
+
+def test_counterfactual_proxy_catches_a_model_that_reads_the_aspect(tmp_path):
+    """Train-like data where the class *is* the film aspect: a 'model' that scores how narrow
+    the chest looks separates the classes on clean images and loses specificity (NORMAL made to
+    look like PNEUMONIA) on the proxy, while a model that ignores the aspect keeps it."""
+    from cxr.acquisition import ClassAcquisition
+    from cxr.robustness import PROXY, counterfactual_test
+
+    facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(1.0, 1.0))
+    labels = np.array([0] * 8 + [1] * 8)
+    rels = []
+    for i, label in enumerate(labels):
+        buf = io.BytesIO()
+        wide_film(i, facts.aspect[label]).save(buf, "PNG")
+        (tmp_path / f"{i}.png").write_bytes(buf.getvalue())
+        rels.append(f"{i}.png")
+    cfg = ImagingConfig(96, intensity="none")
+    clean = np.stack([preprocess_bytes((tmp_path / r).read_bytes(), cfg) for r in rels])
+
+    def aspect_reader(images):  # narrower disc -> higher PNEUMONIA score
+        return np.array([1.0 / disc_width(x) for x in images]) - 0.5
+
+    scores = aspect_reader(clean)
+    threshold = float(scores[labels == 0].max() + scores[labels == 1].min()) / 2
+    report = counterfactual_test(tmp_path, rels, labels, scores, threshold, facts, cfg, aspect_reader)
+    assert report["clean"]["specificity"] == 1.0 and report["clean"]["roc_auc"] == 1.0
+    assert report[PROXY]["specificity"] <= 0.25 and report[PROXY]["specificity_change"] <= -0.75
+    assert report["normal_aspect_only"]["specificity"] <= 0.25
+    assert report["normal_detail_only"]["specificity"] == 1.0  # detail gain 1: nothing moves
+    assert report["swapped"]["roc_auc"] <= 0.25  # the shortcut reversed
+    assert report[PROXY]["mean_probability"]["NORMAL"] > report["clean"]["mean_probability"]["NORMAL"]
+
+    def aspect_blind(images):  # reads brightness inside the disc only: the same for both classes
+        return np.array([x[x > 120].mean() for x in images]) / 255.0
+
+    scores = aspect_blind(clean)
+    blind = counterfactual_test(tmp_path, rels, labels, scores, 0.5, facts, cfg, aspect_blind)
+    assert blind[PROXY]["specificity"] == blind["clean"]["specificity"]
+
+
+def test_served_gap_is_zero_for_identical_files_and_measures_a_chain_change():
+    from cxr.robustness import served_gap
+
+    cfg = ImagingConfig(32, intensity="none")
+    pairs = [(i % 2, smooth_xray(i), smooth_xray(i)) for i in range(6)]
+    mean = lambda x: x.reshape(len(x), -1).mean(axis=1) / 255.0  # noqa: E731
+    same = served_gap(pairs, 0.5, cfg, mean)
+    assert same["images"] == 6 and same["abs_change"]["max"] == 0.0 and same["label_agreement"] == 1.0
+    brighter = [(y, perturb_bytes(a, "brighter_gamma_0.67"), b) for y, a, b in pairs]
+    moved = served_gap(brighter, 0.5, cfg, mean)
+    assert moved["abs_change"]["median"] > 0.02
+    assert moved["mean_probability"]["served"]["NORMAL"] > moved["mean_probability"]["copy"]["NORMAL"]
+    assert served_gap([], 0.5, cfg, mean) == {"images": 0}
