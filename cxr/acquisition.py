@@ -21,7 +21,7 @@ original alike), before THE preprocessing (:func:`cxr.imaging.preprocess_image`)
 A *shift* moves an image a fraction ``t`` of the way from its own class's acquisition to the
 other class's (geometric interpolation; ``t = 1`` is the full counterfactual). Training draws
 ``t`` per image and per cue from a range symmetric about 0.5, so both classes cover the same
-acquisitions (:func:`class_mixed_view`); evaluation uses ``t = 1`` (:func:`counterfactual`).
+acquisitions (:func:`class_mixed`); evaluation uses ``t = 1`` (:func:`counterfactual`).
 """
 
 from __future__ import annotations
@@ -114,11 +114,21 @@ def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Itera
     return shift(decode_gray(data), label, facts, 1.0 if "aspect" in cues else 0.0, 1.0 if "detail" in cues else 0.0)
 
 
+MIX_MODES = ("joint", "independent")
+
+
 def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tuple[float, float],
-                rng: np.random.Generator) -> Image.Image:
-    """A random shift with ``t`` drawn per cue from ``mix``. With ``mix`` symmetric about 0.5
-    (e.g. [-0.25, 1.25]) both classes' shifted images cover the same acquisitions."""
+                rng: np.random.Generator, mode: str = "joint") -> Image.Image:
+    """A random shift with ``t`` drawn from ``mix``: one ``t`` for both cues (``joint``: along
+    the line between the two classes' acquisitions, which is how the detail gains were
+    measured, after the aspect change) or one per cue (``independent``: also the mixed
+    combinations). With ``mix`` symmetric about 0.5 (e.g. [-0.25, 1.25]) both classes'
+    shifted images cover the same acquisitions."""
+    if mode not in MIX_MODES:
+        raise UserError(f"class mixing mode must be one of {MIX_MODES}, got {mode!r}")
     t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
+    if mode == "joint":
+        t_detail = t_aspect
     return shift(img, label, facts, float(t_aspect), float(t_detail))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from cxr import UserError
-from cxr.acquisition import CUES, ClassAcquisition, class_mixed, counterfactual, decode_gray
+from cxr.acquisition import CUES, MIX_MODES, ClassAcquisition, class_mixed, counterfactual, decode_gray
 from cxr.imaging import ImagingConfig, preprocess_bytes, preprocess_image
 from cxr.metrics import at_threshold, ranking
 
@@ -101,19 +101,20 @@ class Reacquire:
     """How the augmented training views are re-acquired from the raw images (``train.reacquire``).
 
     ``class_mix``: each image is moved a random fraction of the way towards the other class's
-    acquisition (:func:`cxr.acquisition.class_mixed`), ``t`` drawn from this range per cue;
-    ``None`` leaves the class-conditional cues alone. ``generic``: then a random exposure,
+    acquisition (:func:`cxr.acquisition.class_mixed`), ``t`` drawn from this range, once for
+    both cues or once per cue (``mix_mode``); ``None`` leaves the class-conditional cues alone. ``generic``: then a random exposure,
     blur, resolution, border and JPEG quality, both classes alike (:func:`random_acquisition`).
     """
 
     class_mix: tuple[float, float] | None = None
+    mix_mode: str = "joint"
     generic: bool = False
 
     @classmethod
     def from_params(cls, cfg: dict | None) -> "Reacquire":
         cfg = cfg or {}
-        if not isinstance(cfg, dict) or set(cfg) - {"class_mix", "generic"}:
-            raise UserError("params.yaml: 'train.reacquire' must be a mapping with keys class_mix, generic")
+        if not isinstance(cfg, dict) or set(cfg) - {"class_mix", "mix_mode", "generic"}:
+            raise UserError("params.yaml: 'train.reacquire' must be a mapping with keys class_mix, mix_mode, generic")
         mix = cfg.get("class_mix")
         if mix is not None:
             if (not isinstance(mix, (list, tuple)) or len(mix) != 2
@@ -125,14 +126,18 @@ class Reacquire:
         generic = cfg.get("generic", False)
         if not isinstance(generic, bool):
             raise UserError(f"params.yaml: 'train.reacquire.generic' must be true or false, got {generic!r}")
-        return cls(class_mix=mix, generic=generic)
+        mix_mode = cfg.get("mix_mode", "joint")
+        if mix_mode not in MIX_MODES:
+            raise UserError(f"params.yaml: 'train.reacquire.mix_mode' must be one of {MIX_MODES}, got {mix_mode!r}")
+        return cls(class_mix=mix, mix_mode=mix_mode, generic=generic)
 
     @property
     def active(self) -> bool:
         return self.class_mix is not None or self.generic
 
     def to_dict(self) -> dict:
-        return {"class_mix": list(self.class_mix) if self.class_mix else None, "generic": self.generic}
+        return {"class_mix": list(self.class_mix) if self.class_mix else None, "mix_mode": self.mix_mode,
+                "generic": self.generic}
 
 
 def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition, imaging: ImagingConfig,
@@ -140,7 +145,7 @@ def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition,
     """One re-acquired, preprocessed copy (uint8 ``[S, S]``) of an image of class ``label``."""
     img = decode_gray(data)
     if how.class_mix is not None:
-        img = class_mixed(img, label, facts, how.class_mix, rng)
+        img = class_mixed(img, label, facts, how.class_mix, rng, how.mix_mode)
     if how.generic:
         return preprocess_bytes(random_acquisition(img, rng), imaging)
     return preprocess_image(img, imaging)

@@ -68,6 +68,13 @@ def test_class_mixed_is_seeded_and_counterfactual_checks_cues():
     a = class_mixed(img, 0, facts, (-0.25, 1.25), np.random.default_rng(4))
     b = class_mixed(img, 0, facts, (-0.25, 1.25), np.random.default_rng(4))
     assert np.array_equal(np.asarray(a), np.asarray(b))
+    # joint: the one t drawn moves both cues; independent: the detail gets a t of its own.
+    t = np.random.default_rng(4).uniform(-0.25, 1.25, size=2)
+    assert np.array_equal(np.asarray(a), np.asarray(shift(img, 0, facts, t[0], t[0])))
+    c = class_mixed(img, 0, facts, (-0.25, 1.25), np.random.default_rng(4), "independent")
+    assert np.array_equal(np.asarray(c), np.asarray(shift(img, 0, facts, t[0], t[1])))
+    with pytest.raises(UserError, match="mixing mode"):
+        class_mixed(img, 0, facts, (0, 1), np.random.default_rng(0), "sideways")
     buf = io.BytesIO()
     img.save(buf, "PNG")
     softer = counterfactual(buf.getvalue(), 0, facts, ["detail"])
