@@ -13,8 +13,7 @@ Two transforms, on a decoded image at its own resolution (a 224-px copy or a ful
 original alike), before THE preprocessing (:func:`cxr.imaging.preprocess_image`):
 
 - ``squash``: extra horizontal compression by a factor (> 1: the anatomy narrower, as a wider
-  film squashed to a square). The copy has nothing beyond its edges, so it is done by
-  stretching the height and cropping the centre (or the reverse for a factor < 1).
+  film squashed to a square), made so that it leaves the same traces in either direction.
 - ``detail``: a gain on structure finer than about 1/25 of the image (unsharp-mask style):
   < 1 softer, > 1 crisper. Coarse anatomy (lung fields, consolidation) is left alone.
 
@@ -71,7 +70,32 @@ class ClassAcquisition:
 
 
 def squash(img: Image.Image, factor: float) -> Image.Image:
-    """Compress the anatomy across by ``factor`` (same image size; the centre is kept)."""
+    """Compress the anatomy across by ``factor`` (same image size; the centre is kept).
+
+    The copy has nothing beyond its edges, so the narrower anatomy comes with a smaller field of
+    view: one side is shrunk by ``factor``, the other side cropped to match, and the result
+    resized *isotropically* back. Whichever the direction, the image is softened the same way
+    in both axes, so the transform leaves no directional trace that would tell a squashed
+    NORMAL from a widened PNEUMONIA (a class-conditional fingerprint a network can learn)."""
+    if abs(factor - 1.0) < 1e-3:
+        return img
+    w, h = img.size
+    lanczos = Image.Resampling.LANCZOS
+    if factor > 1:
+        narrow = img.resize((max(1, round(w / factor)), h), lanczos)
+        keep = max(1, round(h / factor))
+        top = (h - keep) // 2
+        return narrow.crop((0, top, narrow.width, top + keep)).resize((w, h), lanczos)
+    low = img.resize((w, max(1, round(h * factor))), lanczos)
+    keep = max(1, round(w * factor))
+    left = (w - keep) // 2
+    return low.crop((left, 0, left + keep, low.height)).resize((w, h), lanczos)
+
+
+def squash_stretched(img: Image.Image, factor: float) -> Image.Image:
+    """The same change of aspect made the plain way, stretching one axis (bilinear) and
+    cropping: the held-out implementation for the proxy. Training never uses it, so a model
+    cannot pass it by having learnt the traces of :func:`squash`."""
     if abs(factor - 1.0) < 1e-3:
         return img
     w, h = img.size
@@ -105,31 +129,39 @@ def decode_gray(data: bytes) -> Image.Image:
         return ImageOps.exif_transpose(img).convert("L")
 
 
-def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Iterable[str] = CUES) -> Image.Image:
-    """The image as the other class's chain would have acquired it (the chosen cues only)."""
+def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Iterable[str] = CUES,
+                   held_out: bool = False) -> Image.Image:
+    """The image as the other class's chain would have acquired it (the chosen cues only);
+    ``held_out``: the aspect changed by :func:`squash_stretched`, which training never uses."""
     cues = set(cues)
     unknown = cues - set(CUES)
     if unknown:
         raise UserError(f"unknown acquisition cues {sorted(unknown)}: expected some of {CUES}")
-    return shift(decode_gray(data), label, facts, 1.0 if "aspect" in cues else 0.0, 1.0 if "detail" in cues else 0.0)
+    img = decode_gray(data)
+    if held_out:
+        img = squash_stretched(img, facts.squash_towards_other(label)) if "aspect" in cues else img
+        return detail(img, facts.detail_gain[label]) if "detail" in cues else img
+    return shift(img, label, facts, 1.0 if "aspect" in cues else 0.0, 1.0 if "detail" in cues else 0.0)
 
 
 MIX_MODES = ("joint", "independent")
 
 
 def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tuple[float, float],
-                rng: np.random.Generator, mode: str = "joint") -> Image.Image:
-    """A random shift with ``t`` drawn from ``mix``: one ``t`` for both cues (``joint``: along
-    the line between the two classes' acquisitions, which is how the detail gains were
-    measured, after the aspect change) or one per cue (``independent``: also the mixed
-    combinations). With ``mix`` symmetric about 0.5 (e.g. [-0.25, 1.25]) both classes'
-    shifted images cover the same acquisitions."""
+                rng: np.random.Generator, mode: str = "joint", cues: Iterable[str] = CUES) -> Image.Image:
+    """A random shift of the chosen ``cues`` with ``t`` drawn from ``mix``: one ``t`` for both
+    cues (``joint``: along the line between the two classes' acquisitions, which is how the
+    detail gains were measured, after the aspect change) or one per cue (``independent``: also
+    the mixed combinations). With ``mix`` symmetric about 0.5 (e.g. [-0.25, 1.25]) both
+    classes' shifted images cover the same acquisitions."""
     if mode not in MIX_MODES:
         raise UserError(f"class mixing mode must be one of {MIX_MODES}, got {mode!r}")
     t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
     if mode == "joint":
         t_detail = t_aspect
-    return shift(img, label, facts, float(t_aspect), float(t_detail))
+    cues = set(cues)
+    return shift(img, label, facts, float(t_aspect) if "aspect" in cues else 0.0,
+                 float(t_detail) if "detail" in cues else 0.0)
 
 
 def _laplacian_level(images: list[Image.Image]) -> float:

@@ -96,16 +96,19 @@ def test_facts_from_params_are_checked():
 
 def test_measure_recovers_a_planted_aspect_and_detail_difference(tmp_path):
     """Originals of two aspects; training copies where class 1 is the softer one: the measured
-    gains make class 0 softer and class 1 crisper."""
-    for label, aspect in (("NORMAL", 1.2), ("PNEUMONIA", 1.5)):
-        (tmp_path / label).mkdir()
-        for i in range(3):
-            textured(i, (round(100 * aspect), 100)).save(tmp_path / label / f"{i}.png")
+    gains make class 0 softer and class 1 crisper. (With equal aspects the gains are the pure
+    detail difference; with unequal ones they also make up for the softening of the squash.)"""
+    for folder, aspects in (("unequal", (1.2, 1.5)), ("equal", (1.3, 1.3))):
+        for label, aspect in zip(("NORMAL", "PNEUMONIA"), aspects):
+            (tmp_path / folder / label).mkdir(parents=True)
+            for i in range(3):
+                textured(i, (round(100 * aspect), 100)).save(tmp_path / folder / label / f"{i}.png")
     images = {0: [textured(i, (96, 96)) for i in range(6)],
               1: [detail(textured(10 + i, (96, 96)), 0.5) for i in range(6)]}
-    facts = measure(tmp_path, images)
-    assert facts.aspect == (1.2, 1.5)
-    assert facts.detail_gain[0] < 0.9 and facts.detail_gain[1] > 1.2
+    assert measure(tmp_path / "unequal", images).aspect == (1.2, 1.5)
+    pure = measure(tmp_path / "equal", images)
+    assert pure.aspect == (1.3, 1.3)
+    assert pure.detail_gain[0] < 0.8 and pure.detail_gain[1] > 1.3
     with pytest.raises(UserError, match="no full-size originals"):
         measure(tmp_path / "missing", images)
 
@@ -162,3 +165,23 @@ def test_within_class_reliance_sees_a_model_that_follows_the_shortcut():
     assert all(v > 0.9 for v in within_class_reliance(follows, shortcut, labels).values())
     assert all(abs(v) < 0.4 for v in within_class_reliance(ignores, shortcut, labels).values())
     assert within_class_reliance(follows[:2], shortcut[:2], labels[:2]) == {"NORMAL": None, "PNEUMONIA": None}
+
+
+def test_squash_leaves_the_same_traces_in_both_directions():
+    """On isotropic noise (no anatomy), squashing one class and widening the other must not
+    leave a directional trace that tells them apart; the held-out stretch does."""
+    from cxr.acquisition import squash_stretched
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 160)).astype(np.uint8), "L")
+
+    def anisotropy(img):
+        a = np.asarray(img, np.float32)
+        return float(np.log(np.abs(np.diff(a, axis=1)).mean() / np.abs(np.diff(a, axis=0)).mean()))
+
+    narrower, wider = squash(noise, 1.25), squash(noise, 1 / 1.25)
+    stretched, widened = squash_stretched(noise, 1.25), squash_stretched(noise, 1 / 1.25)
+    assert laplacian(narrower) == pytest.approx(laplacian(wider), rel=0.05)
+    # A residual trace remains (Lanczos anti-aliasing is not the exact inverse of upsampling),
+    # at most a quarter of the plain stretch's.
+    for mine, plain in ((narrower, stretched), (wider, widened)):
+        assert abs(anisotropy(plain)) > 0.25 and abs(anisotropy(mine)) < 0.25 * abs(anisotropy(plain))
