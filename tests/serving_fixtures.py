@@ -96,7 +96,8 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
                "test": {"roc_auc": 0.5, "pr_auc": 0.5, "images": 64, "at_threshold": at, "at_0.5": at},
                "val": {"roc_auc": 0.5}, "data": {"test_split": "synthetic-test", "test_split_hash": "0" * 64}}
     card = model_card(metrics=metrics, params=params, source={"source": "synthetic", "synthetic": True,
-                      "dataset_hash": "test" * 16}, train_summary={"weights": None}, parity_checks=[],
+                      "dataset_hash": "test" * 16}, train_summary={"weights": None, "imaging": params["imaging"]},
+                      parity_checks=[],
                       files=files)
     # BentoML refuses None anywhere in a store entry's metadata.
     card["git"] = {"commit": card["git"].get("commit") or "0" * 40, "dirty": bool(card["git"].get("dirty"))}
