@@ -13,9 +13,10 @@ export DO_NOT_TRACK ?= 1
 SHARED ?= ../shared
 SOURCE ?=
 WEIGHTS ?=
+ORIGINALS ?=
 FLOW_ARGS ?=
 
-.PHONY: setup run real repro test test-fast lock pin push pull clean prefect-server models rollback serve bento bench bench-full help
+.PHONY: setup run real repro sweep test test-fast lock pin push pull clean prefect-server models rollback serve bento bench bench-full help
 
 help:
 	@echo "make run     - set up, then run the whole pipeline as a Prefect flow: dvc stages, gate, promotion"
@@ -29,7 +30,8 @@ help:
 	@echo "make bench   - the benchmarks in bench/ (serving, export, pipeline --quick; ~8 min), tables with ratios"
 	@echo "make bench-full - the same, 3 serving rounds and a full real-data pipeline run (~20 min)"
 	@echo "make test    - set up, then run the test suite"
-	@echo "make real    - switch params to ../shared (data + ImageNet weights), then run"
+	@echo "make real    - switch params to ../shared (data, originals, ImageNet weights), then run"
+	@echo "make sweep   - summarise the DVC experiments (dvc exp run --queue ...) by configuration over seeds"
 	@echo "make pin SRC=<folder|zip|url|synthetic> - pin a data set in data/pinned (data.dvc)"
 	@echo "make lock    - re-resolve requirements.lock from requirements.in"
 
@@ -45,16 +47,20 @@ lock: $(VENV)/.installed
 	$(BIN)/uv pip compile requirements.in -o requirements.lock --python $(BIN)/python
 
 run: setup
-	@if [ -n "$(SOURCE)$(WEIGHTS)" ]; then \
-	  $(BIN)/python -m cxr.params set $(if $(SOURCE),download.source=$(SOURCE)) $(if $(WEIGHTS),train.weights=$(WEIGHTS)); fi
+	@if [ -n "$(SOURCE)$(WEIGHTS)$(ORIGINALS)" ]; then \
+	  $(BIN)/python -m cxr.params set $(if $(SOURCE),download.source=$(SOURCE)) $(if $(WEIGHTS),train.weights=$(WEIGHTS)) \
+	    $(if $(ORIGINALS),evaluate.originals=$(ORIGINALS)); fi
 	$(BIN)/python -m pipelines.flow $(FLOW_ARGS)
 
 real:
-	$(MAKE) run SOURCE=$(SHARED)/data/chest_xray_224 \
+	$(MAKE) run SOURCE=$(SHARED)/data/chest_xray_224 ORIGINALS=$(SHARED)/data/originals \
 	  WEIGHTS=$(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
 repro: setup
 	$(BIN)/dvc repro
+
+sweep: setup
+	$(BIN)/python bench/sweep.py $(if $(NAMES),--names '$(NAMES)')
 
 test: setup
 	$(BIN)/pytest

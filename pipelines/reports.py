@@ -25,8 +25,13 @@ def metrics_table(metrics: dict) -> list[dict]:
     for key in ("roc_auc", "pr_auc"):
         rows.append({"metric": key, "test @ chosen threshold": test.get(key), "test @ 0.5": test.get(key),
                      "val @ chosen threshold": val.get(key)})
-    rows.append({"metric": "threshold (chosen on val)", "test @ chosen threshold": metrics.get("threshold"),
+    rows.append({"metric": f"threshold (chosen on {metrics.get('threshold_chosen_on', 'val')})",
+                 "test @ chosen threshold": metrics.get("threshold"),
                  "test @ 0.5": 0.5, "val @ chosen threshold": metrics.get("threshold")})
+    proxy = metrics.get("proxy") or {}
+    for key in ("roc_auc", "recall", "specificity") if proxy else ():
+        rows.append({"metric": f"proxy {key} ({proxy.get('variant')}: test NORMAL given PNEUMONIA's acquisition)",
+                     "test @ chosen threshold": proxy.get(key), "test @ 0.5": None, "val @ chosen threshold": None})
     rows.append({"metric": "images", "test @ chosen threshold": test.get("images"),
                  "test @ 0.5": test.get("images"), "val @ chosen threshold": val.get("images")})
     return rows
