@@ -118,6 +118,35 @@ def detail(img: Image.Image, gain: float) -> Image.Image:
     return Image.fromarray(np.clip(base + gain * (a - base), 0, 255).round().astype(np.uint8), "L")
 
 
+def _fine_detail(img: Image.Image) -> float:
+    """Mean |Laplacian|: the fine-detail level the gains are calibrated on."""
+    a = np.asarray(img, np.float32)
+    return float(np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]).mean())
+
+
+def detail_held_out(img: Image.Image, gain: float) -> Image.Image:
+    """The same change of fine detail made another way, for the held-out proxy: a plain Gaussian
+    blur (gain < 1) or an unsharp mask at a finer radius (gain > 1), with its strength found by
+    bisection so that the image reaches the fine-detail level :func:`detail` would give it."""
+    if abs(gain - 1.0) < 1e-3:
+        return img
+    target = _fine_detail(detail(img, gain))
+    scale = max(img.size) / 224.0
+    if gain < 1:
+        make = lambda k: img.filter(ImageFilter.GaussianBlur(radius=k * scale))  # noqa: E731
+        lo, hi = 0.0, 4.0  # more blur, less detail
+    else:
+        make = lambda k: img.filter(ImageFilter.UnsharpMask(radius=1.0 * scale, percent=int(k), threshold=0))  # noqa: E731
+        lo, hi = 0.0, 800.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if (_fine_detail(make(mid)) > target) == (gain < 1):
+            lo = mid
+        else:
+            hi = mid
+    return make((lo + hi) / 2)
+
+
 def shift(img: Image.Image, label: int, facts: ClassAcquisition, t_aspect: float, t_detail: float) -> Image.Image:
     """Move a grayscale image ``t`` of the way from class ``label``'s acquisition to the other's."""
     out = squash(img, facts.squash_towards_other(label) ** t_aspect)
@@ -132,7 +161,8 @@ def decode_gray(data: bytes) -> Image.Image:
 def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Iterable[str] = CUES,
                    held_out: bool = False) -> Image.Image:
     """The image as the other class's chain would have acquired it (the chosen cues only);
-    ``held_out``: the aspect changed by :func:`squash_stretched`, which training never uses."""
+    ``held_out``: made by :func:`squash_stretched` and :func:`detail_held_out`, which training
+    never uses."""
     cues = set(cues)
     unknown = cues - set(CUES)
     if unknown:
@@ -140,7 +170,7 @@ def counterfactual(data: bytes, label: int, facts: ClassAcquisition, cues: Itera
     img = decode_gray(data)
     if held_out:
         img = squash_stretched(img, facts.squash_towards_other(label)) if "aspect" in cues else img
-        return detail(img, facts.detail_gain[label]) if "detail" in cues else img
+        return detail_held_out(img, facts.detail_gain[label]) if "detail" in cues else img
     return shift(img, label, facts, 1.0 if "aspect" in cues else 0.0, 1.0 if "detail" in cues else 0.0)
 
 
@@ -165,10 +195,8 @@ def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tupl
 
 
 def _laplacian_level(images: list[Image.Image]) -> float:
-    """Median mean-|Laplacian|: how much fine detail a set of images carries."""
-    from scipy import ndimage
-
-    return float(np.median([np.abs(ndimage.laplace(np.asarray(i, np.float32))).mean() for i in images]))
+    """Median fine-detail level of a set of images."""
+    return float(np.median([_fine_detail(i) for i in images]))
 
 
 def measure(originals_dir, images: dict[int, list[Image.Image]]) -> ClassAcquisition:

@@ -185,3 +185,14 @@ def test_squash_leaves_the_same_traces_in_both_directions():
     # at most a quarter of the plain stretch's.
     for mine, plain in ((narrower, stretched), (wider, widened)):
         assert abs(anisotropy(plain)) > 0.25 and abs(anisotropy(mine)) < 0.25 * abs(anisotropy(plain))
+
+
+def test_held_out_detail_reaches_the_same_detail_level_another_way():
+    from cxr.acquisition import _fine_detail, detail_held_out
+
+    img = textured(3, (96, 96))
+    for gain in (0.7, 1.6):
+        mine, other = detail(img, gain), detail_held_out(img, gain)
+        assert _fine_detail(other) == pytest.approx(_fine_detail(mine), rel=0.05)
+        assert np.abs(np.asarray(mine, np.float32) - np.asarray(other, np.float32)).mean() > 0.5  # not the same image
+    assert detail_held_out(img, 1.0) is img
