@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from cxr import UserError
+from cxr import LABELS, UserError
 from cxr.acquisition import CUES, MIX_MODES, ClassAcquisition, class_mixed, counterfactual, decode_gray
 from cxr.imaging import ImagingConfig, preprocess_bytes, preprocess_image
 from cxr.metrics import at_threshold, ranking
@@ -102,19 +102,24 @@ class Reacquire:
 
     ``class_mix``: each image is moved a random fraction of the way towards the other class's
     acquisition (:func:`cxr.acquisition.class_mixed`), ``t`` drawn from this range, once for
-    both cues or once per cue (``mix_mode``); ``None`` leaves the class-conditional cues alone. ``generic``: then a random exposure,
+    both cues or once per cue (``mix_mode``), for the cues ``mix_cues`` and the classes
+    ``mix_classes`` only (moving PNEUMONIA towards NORMAL's squarer film can only be emulated by
+    cropping the sides, which changes the framing as no real film does; moving NORMAL towards
+    PNEUMONIA's crops top and bottom, as the tighter PNEUMONIA films do); ``None`` leaves the
+    class-conditional cues alone. ``generic``: then a random exposure,
     blur, resolution, border and JPEG quality, both classes alike (:func:`random_acquisition`).
     """
 
     class_mix: tuple[float, float] | None = None
     mix_mode: str = "joint"
     mix_cues: tuple[str, ...] = CUES
+    mix_classes: tuple[int, ...] = (0, 1)
     generic: bool = False
 
     @classmethod
     def from_params(cls, cfg: dict | None) -> "Reacquire":
         cfg = cfg or {}
-        keys = {"class_mix", "mix_mode", "mix_cues", "generic"}
+        keys = {"class_mix", "mix_mode", "mix_cues", "mix_classes", "generic"}
         if not isinstance(cfg, dict) or set(cfg) - keys:
             raise UserError(f"params.yaml: 'train.reacquire' must be a mapping with keys {sorted(keys)}")
         mix = cfg.get("class_mix")
@@ -134,7 +139,12 @@ class Reacquire:
         cues = cfg.get("mix_cues", list(CUES))
         if not isinstance(cues, list) or not cues or not set(cues) <= set(CUES):
             raise UserError(f"params.yaml: 'train.reacquire.mix_cues' must be a non-empty list of {CUES}, got {cues!r}")
-        return cls(class_mix=mix, mix_mode=mix_mode, mix_cues=tuple(c for c in CUES if c in cues), generic=generic)
+        classes = cfg.get("mix_classes", list(LABELS))
+        if not isinstance(classes, list) or not classes or not set(classes) <= set(LABELS):
+            raise UserError(f"params.yaml: 'train.reacquire.mix_classes' must be a non-empty list of {LABELS}, "
+                            f"got {classes!r}")
+        return cls(class_mix=mix, mix_mode=mix_mode, mix_cues=tuple(c for c in CUES if c in cues),
+                   mix_classes=tuple(i for i, label in enumerate(LABELS) if label in classes), generic=generic)
 
     @property
     def active(self) -> bool:
@@ -142,14 +152,15 @@ class Reacquire:
 
     def to_dict(self) -> dict:
         return {"class_mix": list(self.class_mix) if self.class_mix else None, "mix_mode": self.mix_mode,
-                "mix_cues": list(self.mix_cues), "generic": self.generic}
+                "mix_cues": list(self.mix_cues), "mix_classes": [LABELS[i] for i in self.mix_classes],
+                "generic": self.generic}
 
 
 def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition, imaging: ImagingConfig,
                rng: np.random.Generator) -> np.ndarray:
     """One re-acquired, preprocessed copy (uint8 ``[S, S]``) of an image of class ``label``."""
     img = decode_gray(data)
-    if how.class_mix is not None:
+    if how.class_mix is not None and label in how.mix_classes:
         img = class_mixed(img, label, facts, how.class_mix, rng, how.mix_mode, how.mix_cues)
     if how.generic:
         return preprocess_bytes(random_acquisition(img, rng), imaging)

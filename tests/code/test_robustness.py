@@ -111,6 +111,11 @@ def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(
     plain = acquisition_view(tmp_path, rels, labels, Reacquire(class_mix=(0.0, 1.0)), same, cfg, seed=3)
     full = np.stack([preprocess_image(decode_gray((tmp_path / r).read_bytes()), cfg) for r in rels])
     assert np.array_equal(plain, full)
+    # Only the classes named are moved: with NORMAL alone, PNEUMONIA views are the images as decoded.
+    normal_only = Reacquire.from_params({"class_mix": [1.0, 1.0], "mix_classes": ["NORMAL"]})
+    moved = acquisition_view(tmp_path, rels, labels, normal_only, facts, cfg, seed=3)
+    assert np.array_equal(moved[labels == 1], full[labels == 1]) and not np.array_equal(moved[labels == 0],
+                                                                                         full[labels == 0])
 
 
 def test_reacquire_params_are_checked():
@@ -123,7 +128,8 @@ def test_reacquire_params_are_checked():
     assert not Reacquire.from_params({"class_mix": None}).active
     assert Reacquire.from_params({"class_mix": [0, 1], "mix_cues": ["aspect"]}).mix_cues == ("aspect",)
     for bad in ({"class_mix": [1.0, 0.0]}, {"class_mix": [0, 3]}, {"class_mix": "wide"}, {"generic": "yes"},
-                {"colour": True}, {"mix_mode": "both"}, {"mix_cues": ["colour"]}, {"mix_cues": []}):
+                {"colour": True}, {"mix_mode": "both"}, {"mix_cues": ["colour"]}, {"mix_cues": []},
+                {"mix_classes": ["COVID"]}):
         with pytest.raises(UserError, match="train.reacquire"):
             Reacquire.from_params(bad)
 
