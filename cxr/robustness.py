@@ -260,22 +260,32 @@ PROXY_VARIANTS: dict[str, tuple[tuple[int, ...], tuple[str, ...], bool]] = {
 PROXY = "normal_as_pneumonia"
 
 
-def counterfactual_test(raw_dir, paths, labels: np.ndarray, clean_scores: np.ndarray, threshold: float,
-                        facts: ClassAcquisition, imaging: ImagingConfig,
-                        predict: Callable[[np.ndarray], np.ndarray]) -> dict:
-    """Per :data:`PROXY_VARIANTS`: ROC AUC, recall and specificity at ``threshold`` with the
-    chosen classes' images re-acquired as the other class's chain would have, the rest as is.
-    A model that reads the lungs keeps its figures; one that reads the acquisition loses
-    specificity (NORMAL images scored up) or recall (PNEUMONIA scored down)."""
+def counterfactual_scores(raw_dir, paths, labels: np.ndarray, clean_scores: np.ndarray, facts: ClassAcquisition,
+                          imaging: ImagingConfig, predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """Per :data:`PROXY_VARIANTS`: the scores with the chosen classes' images re-acquired as the
+    other class's chain would have, the rest as they were (``clean_scores``)."""
     paths, labels = np.asarray(paths), np.asarray(labels)
     shifted: dict[tuple, np.ndarray] = {}
-    for classes, cues, held_out in PROXY_VARIANTS.values():
+    out = {}
+    for name, (classes, cues, held_out) in PROXY_VARIANTS.items():
+        scores = np.array(clean_scores, dtype=np.float64, copy=True)
         for cls in classes:
             key = (cls, cues, held_out)
+            idx = np.flatnonzero(labels == cls)
             if key not in shifted:
-                idx = np.flatnonzero(labels == cls)
                 shifted[key] = predict(counterfactual_view(raw_dir, paths[idx], labels[idx], facts, imaging, cues,
                                                            held_out))
+            scores[idx] = shifted[key]
+        out[name] = scores
+    return out
+
+
+def counterfactual_report(variant_scores: dict[str, np.ndarray], labels: np.ndarray, clean_scores: np.ndarray,
+                          threshold: float, facts: ClassAcquisition) -> dict:
+    """ROC AUC, recall and specificity at ``threshold`` and the mean probability per class, for
+    the clean test split and each variant. A model that reads the lungs keeps its figures; one
+    that reads the acquisition loses specificity (NORMAL scored up) or recall (PNEUMONIA down)."""
+    labels = np.asarray(labels)
 
     def figures(scores: np.ndarray) -> dict:
         m = at_threshold(labels, scores, threshold)
@@ -286,14 +296,20 @@ def counterfactual_test(raw_dir, paths, labels: np.ndarray, clean_scores: np.nda
     clean = figures(clean_scores)
     out = {"images": int(len(labels)), "threshold": round(float(threshold), 6), "facts": facts.to_dict(),
            "clean": clean}
-    for name, (classes, cues, held_out) in PROXY_VARIANTS.items():
-        scores = np.array(clean_scores, dtype=np.float64, copy=True)
-        for cls in classes:
-            scores[labels == cls] = shifted[(cls, cues, held_out)]
-        out[name] = {**figures(scores), "classes_shifted": [("NORMAL", "PNEUMONIA")[c] for c in classes],
-                     "cues": list(cues), "held_out_implementation": held_out}
+    for name, scores in variant_scores.items():
+        classes, cues, held_out = PROXY_VARIANTS[name]
+        out[name] = {**figures(scores), "classes_shifted": [LABELS[c] for c in classes], "cues": list(cues),
+                     "held_out_implementation": held_out}
         out[name]["specificity_change"] = round(out[name]["specificity"] - clean["specificity"], 4)
     return out
+
+
+def counterfactual_test(raw_dir, paths, labels: np.ndarray, clean_scores: np.ndarray, threshold: float,
+                        facts: ClassAcquisition, imaging: ImagingConfig,
+                        predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """The counterfactual proxy at one threshold (:func:`counterfactual_scores`, then the report)."""
+    scores = counterfactual_scores(raw_dir, paths, labels, clean_scores, facts, imaging, predict)
+    return counterfactual_report(scores, labels, clean_scores, threshold, facts)
 
 
 def served_gap(pairs: list[tuple[int, bytes, bytes]], threshold: float, imaging: ImagingConfig,

@@ -56,21 +56,20 @@ def main() -> None:
     test_scores = predict(model, test.images)
     score = lambda x: predict(model, x)  # noqa: E731
 
-    threshold_val = choose_threshold(val.labels, val_scores, target_recall)
-    threshold = threshold_val
-    if threshold_on == "val+counterfactual":
+    thresholds = {"val": choose_threshold(val.labels, val_scores, target_recall)}
+    if threshold_on == "val+counterfactual" or run_counterfactual:
         from cxr.robustness import counterfactual_view
 
         shifted = score(counterfactual_view(RAW, val.paths, val.labels, facts, imaging))
-        threshold = choose_threshold(np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]),
-                                     target_recall)
+        thresholds["val+counterfactual"] = choose_threshold(
+            np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]), target_recall)
+    threshold = thresholds[threshold_on]
     source = json.loads(SOURCE.read_text()) if SOURCE.exists() else {}
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     metrics = {
         "threshold": round(threshold, 6),
         "target_recall": target_recall,
         "threshold_chosen_on": threshold_on,
-        "threshold_val_only": round(threshold_val, 6),
         "test": {
             **ranking(test.labels, test_scores),
             "images": len(test),
@@ -92,10 +91,19 @@ def main() -> None:
     if stress_images > 0:
         metrics["stress"] = _stress(model, test, threshold, stress_images, stress_seed, imaging)
     if run_counterfactual:
-        from cxr.robustness import PROXY, counterfactual_test
+        from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
 
-        cf = counterfactual_test(RAW, test.paths, test.labels, test_scores, threshold, facts, imaging, score)
+        variants = counterfactual_scores(RAW, test.paths, test.labels, test_scores, facts, imaging, score)
+        cf = counterfactual_report(variants, test.labels, test_scores, threshold, facts)
         metrics["counterfactual"] = cf
+        # Each way of choosing the threshold, on test and on the proxy: how the choice was made.
+        metrics["threshold_alternatives"] = {
+            name: {"threshold": round(t, 6),
+                   "test": {k: v for k, v in at_threshold(test.labels, test_scores, t).items()
+                            if k in ("recall", "specificity")},
+                   "proxy": {k: v for k, v in at_threshold(test.labels, variants[PROXY], t).items()
+                             if k in ("recall", "specificity")}}
+            for name, t in thresholds.items()}
         for name in ("clean", *(k for k in cf if isinstance(cf[k], dict) and "cues" in cf[k])):
             m = cf[name]
             log.info("counterfactual %-20s AUC %s recall %.3f specificity %.3f mean p NORMAL %s",
