@@ -77,6 +77,13 @@ def test_full_repro_then_noop_then_one_param(project):
     assert card["data"]["synthetic"] is True and "NOT a medical model" in card["warning"]
     assert "not a diagnosis" in card["intended_use"]
     assert card["parity"][0]["passed"] is True
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["proxy"]["variant"] == "normal_as_pneumonia" and "swapped" in metrics["counterfactual"]
+    assert set(metrics["threshold_alternatives"]) == {"val", "val+counterfactual"}
+    assert metrics["threshold"] == metrics["threshold_alternatives"][metrics["threshold_chosen_on"]]["threshold"]
+    assert {"train", "val", "test", "model_follows_shortcut"} <= set(metrics["shortcut_audit"])
+    summary = json.loads((project / "reports/train/summary.json").read_text())
+    assert summary["shortcut_audit_views"]["as_acquired"]["images"] == summary["train_images"]
 
     second = run([DVC, "repro"], project)
     assert second.returncode == 0 and ran_stages(second.stdout) == []
@@ -87,6 +94,14 @@ def test_full_repro_then_noop_then_one_param(project):
     third = run([DVC, "repro"], project)
     assert third.returncode == 0, third.stderr[-2000:]
     assert ran_stages(third.stdout) == ["evaluate", "export"]
+
+    # Editing a core module reruns the stages that import it, and only those (and downstream):
+    # cxr/shortcuts.py is imported by train and evaluate, not by download, validate or split.
+    module = project / "cxr" / "shortcuts.py"
+    module.write_text(module.read_text() + "\n# edited by the test\n")
+    fourth = run([DVC, "repro"], project)
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert ran_stages(fourth.stdout) == ["train", "evaluate", "export"]
 
     diff = run([DVC, "metrics", "diff", "HEAD", "--json"], project)
     assert diff.returncode == 0
