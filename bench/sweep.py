@@ -30,6 +30,8 @@ FIGURES = {
                                         "counterfactual.normal_as_pneumonia_training_transform.specificity"),
     "swapped AUC": ("metrics.json", "counterfactual.swapped.roc_auc"),
     "served p90 |Δp|": ("metrics.json", "served_vs_copy.abs_change.p90"),
+    "served label agreement": ("metrics.json", "served_vs_copy.label_agreement"),
+    "stress JPEG-25 spec": ("metrics.json", "stress.perturbations.jpeg_quality_25.specificity"),
     "model~shortcut NORMAL": ("metrics.json", "shortcut_audit.model_follows_shortcut.NORMAL"),
     "threshold": ("metrics.json", "threshold"),
     "train s": ("reports/train/summary.json", "wall_time_s"),
