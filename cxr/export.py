@@ -118,8 +118,8 @@ def git_revision() -> dict:
 
 
 THRESHOLD_METHODS = {
-    "val": "the highest score reaching the target recall on the validation split",
-    "val+counterfactual": "the highest score reaching the target recall on the validation split and its "
+    "val": "the strictest threshold reaching the target recall on the validation split",
+    "val+counterfactual": "the strictest threshold reaching the target recall on the validation split and its "
                           "counterfactual copies (each image given the other class's acquisition), so that "
                           "the recall holds when the acquisition changes",
 }

@@ -13,10 +13,24 @@ def test_threshold_reaches_target_recall_with_best_specificity():
         t = choose_threshold(labels, scores, target)
         m = at_threshold(labels, scores, t)
         assert m["recall"] >= target - 1e-9
-        # Any higher threshold loses the recall target.
-        higher = np.min(scores[scores > t]) if np.any(scores > t) else None
+        # The lowest kept score makes the same decisions; the next higher score loses the target.
+        cut = np.min(scores[scores >= t])
+        assert at_threshold(labels, scores, cut)["confusion"] == m["confusion"]
+        higher = np.min(scores[scores > cut]) if np.any(scores > cut) else None
         if higher is not None:
             assert at_threshold(labels, scores, higher)["recall"] < target
+        # ... and the threshold sits mid-gap, away from both neighbours.
+        lower = np.max(scores[scores < t]) if np.any(scores < t) else 0.0
+        assert t == pytest.approx((cut + lower) / 2)
+
+
+def test_threshold_of_a_model_that_scores_everything_alike_survives_float_noise():
+    labels = np.array([0, 0, 1, 1, 1])
+    scores = np.full(5, 0.507152, np.float32)
+    t = choose_threshold(labels, scores, 0.95)
+    assert 0 < t < 0.507
+    wobble = scores - np.float32(1e-5)
+    assert at_threshold(labels, wobble, t)["confusion"] == at_threshold(labels, scores, t)["confusion"]
 
 
 def test_confusion_and_rates():
