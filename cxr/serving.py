@@ -139,7 +139,11 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
 
     if not isinstance(url, str) or not url.strip():
         raise RequestError("'url' must be a non-empty string", 400)
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        host, _ = parts.hostname or "", parts.port  # .port validates the port
+    except ValueError as exc:
+        raise RequestError(f"'url' is not a valid URL: {exc}", 400) from None
     if parts.scheme not in ("http", "https"):
         raise RequestError(
             f"'url' must be an http(s) URL; scheme {parts.scheme or '(none)'!r} refused "
@@ -148,7 +152,6 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
         raise RequestError(
             f"fetching images by URL is disabled on this server (the operator enables it per host with "
             f"{URL_ALLOWLIST_ENV}); upload the file instead", 403)
-    host = parts.hostname or ""
     if parts.username or parts.password:
         raise RequestError("'url' must not carry credentials", 400)
     if not policy.allows(host):

@@ -183,7 +183,8 @@ def test_fetch_url_refusals(http_server, path, policy, status, words):
 
 @pytest.mark.parametrize("url,words", [
     ("file:///etc/passwd", "http(s)"), ("/etc/passwd", "http(s)"), ("", "non-empty"),
-    ("http://user:pw@127.0.0.1/x.png", "credentials"),
+    ("http://user:pw@127.0.0.1/x.png", "credentials"), ("http://[x", "not a valid URL"),
+    ("http://127.0.0.1:99999/x.png", "not a valid URL"), ("http://host:port/x.png", "not a valid URL"),
 ])
 def test_fetch_url_never_reads_local_paths(url, words):
     got, message = status_of(fetch_url, url, UrlPolicy(("127.0.0.1",)))

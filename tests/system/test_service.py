@@ -301,6 +301,13 @@ def test_paths_and_urls_are_never_read_or_fetched(service):
     for url in ("file:///etc/passwd", "/etc/passwd", "ftp://host/x.png"):
         resp = requests.post(f"{service.url}/predict", json={"url": url}, timeout=30)
         assert resp.status_code == 400 and "http(s)" in error_of(resp), url
+    # Unparsable URLs and ports are the client's mistake (they used to answer 500).
+    for url in ("http://[x", "http://127.0.0.1:99999/x.png", "http://host:port/x.png"):
+        resp = requests.post(f"{service.url}/predict", json={"url": url}, timeout=30)
+        assert resp.status_code == 400 and "not a valid URL" in error_of(resp), url
+    for odd in ({"url": 5}, {"url": ["http://a/x.png"]}, {"url": None}, {"url": {"u": 1}}, [1, 2], "x"):
+        resp = requests.post(f"{service.url}/predict", json=odd, timeout=30)
+        assert 400 <= resp.status_code < 500, (odd, resp.status_code, resp.text[:200])
     resp = requests.post(f"{service.url}/predict", files={"image": ("x.png", png_bytes(xray(0)))},
                          data={"url": "http://198.51.100.7/x.png"}, timeout=30)
     assert resp.status_code == 400 and "not both" in error_of(resp)
