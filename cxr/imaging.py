@@ -32,6 +32,18 @@ INTENSITY_MODES = ("equalize", "autocontrast", "none")
 MIN_SIDE = 32
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any real chest radiograph, far below a bomb
 MAX_BYTES = 30 * 1024 * 1024
+# Peak memory one decode may take (PIL's pixels plus the grayscale reduction), judged from the
+# header before any pixel is decoded: a 15 MP 16-bit detector image fits, a 40 MP one does not.
+MAX_DECODE_BYTES = 100 * 1024 * 1024
+MAX_JPEG_SCANS = 100  # a progressive JPEG has ~10; thousands make the decoder crawl
+
+# Peak bytes per pixel of decoding to 8-bit gray, by PIL mode: PIL's storage (multi-band modes
+# take 4 bytes a pixel) plus what _to_grayscale allocates (16-bit: a copy for the percentiles and
+# the 8-bit result; 32-bit int/float: float64 arrays; alpha: two RGBA images and the result).
+_DECODE_BYTES_PER_PIXEL = {"1": 2, "L": 2, "P": 2, "I;16": 5, "I;16B": 5, "I;16L": 5, "I;16N": 5,
+                           "I": 28, "F": 28, "RGB": 5, "YCbCr": 5, "LAB": 5, "HSV": 5, "CMYK": 5,
+                           "RGBX": 5}
+_ALPHA_BYTES_PER_PIXEL = 13
 
 
 class ImageError(UserError):
@@ -83,6 +95,9 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
         raise ImageError("not a supported image: expected JPEG or PNG bytes", "unsupported") from None
     if img.format not in ("JPEG", "PNG", "MPO"):
         raise ImageError(f"unsupported image format {img.format}: expected JPEG or PNG", "unsupported")
+    # Start-of-scan markers: entropy-coded data stuffs every 0xFF, so each b"\xff\xda" is a scan.
+    if img.format in ("JPEG", "MPO") and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise ImageError(f"image refused: a JPEG of {scans} scans (limit {MAX_JPEG_SCANS})", "too_many_pixels")
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(f"image refused: {width}x{height} pixels exceeds the {max_pixels} pixel limit", "too_many_pixels")
@@ -91,8 +106,25 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
     return img
 
 
+def decode_cost(img: Image.Image) -> int:
+    """Peak bytes that decoding ``img`` to 8-bit gray will take, from its header (and any JPEG
+    draft scale already set): what the decode budget is checked against."""
+    width, height = img.size
+    alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
+    per_pixel = _ALPHA_BYTES_PER_PIXEL if alpha else _DECODE_BYTES_PER_PIXEL.get(img.mode, _ALPHA_BYTES_PER_PIXEL)
+    return width * height * per_pixel
+
+
 def _to_grayscale(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        # 16 bits through a 65,536-entry table: the same values as the float path below, in 1/10
+        # of its memory (no float copy of the image).
+        arr = np.asarray(img)
+        lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
+        levels = np.arange(65536, dtype=np.float64)
+        table = (np.clip((levels - lo) / max(hi - lo, 1e-9), 0, 1) * 255.0).astype(np.uint8)
+        return Image.fromarray(table[arr], mode="L")
+    if img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
         scaled = np.clip((arr - lo) / max(hi - lo, 1e-9), 0, 1) * 255.0
@@ -106,12 +138,28 @@ def _to_grayscale(img: Image.Image) -> Image.Image:
     return img.convert("L")  # RGB, CMYK, YCbCr, P, 1
 
 
-def preprocess_image(img: Image.Image, cfg: ImagingConfig) -> np.ndarray:
-    """Decoded PIL image -> uint8 ``[S, S]`` (the cached and served representation)."""
+def preprocess_image(img: Image.Image, cfg: ImagingConfig, reserve=None) -> np.ndarray:
+    """Opened PIL image -> uint8 ``[S, S]`` (the cached and served representation).
+
+    The pixels are decoded only if :func:`decode_cost` fits ``MAX_DECODE_BYTES``; ``reserve``
+    (optional: bytes -> context manager) lets a server hold that much of a shared memory budget
+    while decoding."""
+    size = cfg.image_size
+    if img.format in ("JPEG", "MPO"):
+        img.draft("L", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when large
+    cost = decode_cost(img)
+    if cost > MAX_DECODE_BYTES:
+        raise ImageError(f"image refused: decoding {img.size[0]}x{img.size[1]} {img.mode} pixels would take "
+                         f"{cost / 2**20:.0f} MiB (limit {MAX_DECODE_BYTES / 2**20:.0f} MiB)", "too_many_pixels")
+    if reserve is None:
+        return _decode(img, cfg)
+    with reserve(cost):
+        return _decode(img, cfg)
+
+
+def _decode(img: Image.Image, cfg: ImagingConfig) -> np.ndarray:
     size = cfg.image_size
     try:
-        if img.format == "JPEG":
-            img.draft("L", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when large
         img = ImageOps.exif_transpose(img)
         img.load()
         gray = _to_grayscale(img)
@@ -128,9 +176,9 @@ def preprocess_image(img: Image.Image, cfg: ImagingConfig) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
-def preprocess_bytes(data: bytes, cfg: ImagingConfig) -> np.ndarray:
+def preprocess_bytes(data: bytes, cfg: ImagingConfig, reserve=None) -> np.ndarray:
     """Image file bytes -> uint8 ``[S, S]``. Raises :class:`ImageError` with a specific reason."""
-    return preprocess_image(open_image(data), cfg)
+    return preprocess_image(open_image(data), cfg, reserve)
 
 
 def to_model_input(images: np.ndarray | list[np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from cxr import LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
-from cxr.imaging import MAX_BYTES, ImageError, ImagingConfig, preprocess_bytes
+from cxr.imaging import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, preprocess_bytes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ URL_ALLOWLIST_ENV = "CXR_URL_ALLOWLIST"      # comma-separated hosts; '*.example
 URL_MAX_BYTES_ENV = "CXR_URL_MAX_BYTES"
 URL_TIMEOUT_ENV = "CXR_URL_TIMEOUT_S"
 DEFAULT_URL_TIMEOUT_S = 10.0
+DECODE_BUDGET_ENV = "CXR_DECODE_BUDGET_MIB"  # decode memory shared by one process's requests
+DEFAULT_DECODE_BUDGET_MIB = 256
 
 STATUS_BY_KIND = {
     "empty": 400,
@@ -77,6 +80,46 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+class DecodeBudget:
+    """Bytes of decode memory shared by the requests of one process: a decode holds its
+    :func:`cxr.imaging.decode_cost` while it runs, so many large uploads at once queue instead
+    of multiplying the peak; one that waits longer than ``wait_s`` is answered 503 (retry)."""
+
+    def __init__(self, capacity: int, wait_s: float = 10.0):
+        self.capacity, self.wait_s, self.in_use = capacity, wait_s, 0
+        self._cond = threading.Condition()
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "DecodeBudget":
+        env = os.environ if env is None else env
+        raw = env.get(DECODE_BUDGET_ENV, "")
+        try:
+            mib = float(raw) if raw.strip() else DEFAULT_DECODE_BUDGET_MIB
+        except ValueError:
+            raise UserError(f"{DECODE_BUDGET_ENV} must be a number of MiB, got {raw!r}") from None
+        if mib * 2**20 < MAX_DECODE_BYTES:
+            raise UserError(f"{DECODE_BUDGET_ENV}={raw} is below one decode's limit "
+                            f"({MAX_DECODE_BYTES / 2**20:.0f} MiB)")
+        return cls(int(mib * 2**20))
+
+    @contextmanager
+    def reserve(self, cost: int):
+        cost = min(cost, self.capacity)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + cost <= self.capacity, timeout=self.wait_s):
+                raise RequestError("the server is busy decoding other large images: retry shortly", 503)
+            self.in_use += cost
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= cost
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget.from_env()
+
+
 def decode(data: bytes | None, cfg: ImagingConfig, *, what: str = "image") -> np.ndarray:
     """Uploaded bytes -> uint8 ``[S, S]`` via :func:`cxr.imaging.preprocess_bytes`, or RequestError."""
     if data is None or len(data) == 0:
@@ -91,7 +134,9 @@ def decode(data: bytes | None, cfg: ImagingConfig, *, what: str = "image") -> np
     if kind is None:
         raise RequestError(f"{what} is not a JPEG or PNG file (unrecognised leading bytes)", 415)
     try:
-        return preprocess_bytes(data, cfg)
+        return preprocess_bytes(data, cfg, DECODE_BUDGET.reserve)
+    except RequestError:
+        raise
     except ImageError as exc:
         raise RequestError(f"{what}: {exc}", STATUS_BY_KIND.get(exc.kind, 422)) from None
     except (MemoryError, Image.DecompressionBombError) as exc:  # belt and braces

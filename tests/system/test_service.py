@@ -82,15 +82,17 @@ def rgba_png() -> bytes:
     return buf.getvalue()
 
 
-def bomb_png(side: int = 30000) -> bytes:
-    """A real 30000x30000 grayscale PNG (900 MP) of zeros: under 1 MB on the wire."""
+def bomb_png(side: int = 30000, bit_depth: int = 8, color_type: int = 0) -> bytes:
+    """A real side x side PNG of zeros, built row by row (never held as pixels): a 30000x30000
+    grayscale one (900 MP) is under 1 MB on the wire."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
     comp = zlib.compressobj(9)
-    row = b"\x00" * (side + 1)
-    idat = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    row = b"\x00" * (side * channels * bit_depth // 8 + 1)
+    idat = b"".join(comp.compress(row * min(1000, side - start)) for start in range(0, side, 1000)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, bit_depth, color_type, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
@@ -204,6 +206,9 @@ BAD_UPLOADS = [
     ("truncated JPEG", _truncated_jpeg, 422, "truncated"),
     ("1x1 PNG", lambda: png_bytes(np.zeros((1, 1), np.uint8)), 422, "too small"),
     ("decompression bomb 30000x30000 PNG", bomb_png, 413, "too many pixels"),
+    # Under the pixel cap, but 16-bit or with alpha: refused by the decode budget, from the header.
+    ("pixel-memory bomb 6324x6324 16-bit PNG", lambda: bomb_png(6324, 16), 413, "I;16 pixels would take"),
+    ("pixel-memory bomb 4000x4000 RGBA PNG", lambda: bomb_png(4000, 8, 6), 413, "RGBA pixels would take"),
     ("DICOM file", lambda: b"\x00" * 128 + b"DICM" + b"\x00" * 64, 415, "DICOM"),
     ("GIF image", lambda: b"GIF89a" + b"\x00" * 100, 415, "not a JPEG or PNG"),
 ]
