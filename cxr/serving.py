@@ -231,11 +231,12 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
 # ---------------------------------------------------------------- the served model
 
 
-def _imaging_from(metadata: dict, card: dict) -> ImagingConfig:
-    """The imaging config the model was trained with: store metadata, else the model card."""
-    cfg = metadata.get("imaging") or (card.get("model") or {}).get("imaging")
+def _imaging_from(card: dict) -> ImagingConfig:
+    """The imaging config the model was trained with, from its card (the record that travels
+    with the model files; the store's metadata only shows a copy of it)."""
+    cfg = (card.get("model") or {}).get("imaging")
     if not cfg:
-        raise UserError("the model's store entry and card carry no 'imaging' config: re-export the model")
+        raise UserError("the model card carries no 'imaging' config: re-export the model")
     return ImagingConfig.from_params(dict(cfg))
 
 
@@ -268,15 +269,15 @@ class ServedModel:
                 raise UserError(f"{path} lacks {name}: not an exported cxr model")
         card = json.loads((path / "model_card.json").read_text())
         metadata = dict(metadata or {})
-        threshold = metadata.get("decision_threshold", card.get("decision_threshold"))
+        threshold = card.get("decision_threshold")  # the card is the record; metadata shows copies
         if threshold is None:
             raise UserError(f"model {tag or path} has no decision_threshold")
-        return cls(path=path, tag=tag or card.get("name", path.name), imaging=_imaging_from(metadata, card),
+        return cls(path=path, tag=tag or card.get("name", path.name), imaging=_imaging_from(card),
                    threshold=float(threshold), card=card, metadata=metadata, tflite_threads=tflite_threads)
 
     @property
     def synthetic(self) -> bool:
-        return bool(self.metadata.get("synthetic", (self.card.get("data") or {}).get("synthetic", False)))
+        return bool((self.card.get("data") or {}).get("synthetic", False))
 
     # -- inference
     def probabilities(self, images: np.ndarray) -> np.ndarray:
