@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -61,7 +62,7 @@ class RequestError(UserError):
         self.status = status
 
     def to_dict(self) -> dict:
-        return {"error": str(self), "status": self.status}
+        return {"error": without_local_details(str(self)), "status": self.status}
 
 
 # ---------------------------------------------------------------- image bytes -> model input
@@ -319,7 +320,7 @@ class ServedModel:
 
     def model_card(self) -> dict:
         card_md = self.path / "model_card.md"
-        return {
+        return without_local_details({
             "model_tag": self.tag,
             "decision_threshold": self.threshold,
             "imaging": self.imaging.to_dict(),
@@ -330,7 +331,26 @@ class ServedModel:
             "warning": SYNTHETIC_WARNING if self.synthetic else None,
             "card": {k: v for k, v in self.card.items() if k != "files"},  # no server paths
             "card_markdown": card_md.read_text() if card_md.is_file() else None,
-        }
+        })
+
+
+# An absolute POSIX or Windows path of two or more parts inside a string (not the path part of
+# an http URL), a file:// URL, and a URL's user:password@ part.
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])(?:file://)?(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'\"`|),;]+){2,}")
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
+def without_local_details(value):
+    """``value`` (card, error, any JSON) with local paths cut to ``<local>/name`` and URL
+    credentials dropped: what a client may see of a model trained on someone's machine."""
+    if isinstance(value, dict):
+        return {k: without_local_details(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_details(v) for v in value]
+    if isinstance(value, str):
+        value = _URL_CREDENTIALS.sub(r"\1", value)
+        return _LOCAL_PATH.sub(lambda m: "<local>/" + re.split(r"[/\\]", m.group(0))[-1], value)
+    return value
 
 
 def prediction(probability: float, threshold: float, tag: str, *, synthetic: bool = False) -> dict:

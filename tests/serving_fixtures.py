@@ -90,7 +90,12 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
     from cxr.export import export_all, model_card, model_card_markdown
 
     files = export_all(model, export_dir)
-    params = {"imaging": {"image_size": size, "intensity": "equalize"}, "model": {"alpha": alpha}}
+    # Params as a real run records them, local paths and a credentialed URL included: the service
+    # must not show them (tests/system/test_service.py).
+    params = {"imaging": {"image_size": size, "intensity": "equalize"}, "model": {"alpha": alpha},
+              "download": {"source": "https://bob:s3cret@data.example.org/cxr.zip"},
+              "train": {"weights": "/home/alice/weights/mobilenet_v2.h5"},
+              "evaluate": {"originals": "/srv/radiology/originals"}}
     at = {"accuracy": 0.5, "precision": 0.5, "recall": 0.99, "specificity": 0.5, "f1": 0.5}
     metrics = {"threshold": threshold, "target_recall": 0.99,
                "test": {"roc_auc": 0.5, "pr_auc": 0.5, "images": 64, "at_threshold": at, "at_0.5": at},

@@ -208,3 +208,21 @@ def test_load_takes_imaging_and_threshold_from_the_card(promoted_model):
     assert model.model_card()["card"]["name"] == card["name"]
     probs = model.probabilities(np.stack([decode(png(image(seed=s)), model.imaging) for s in range(3)]))
     assert probs.shape == (3,) and np.all((probs >= 0) & (probs <= 1))
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("/home/alice/weights/m.h5", "<local>/m.h5"),
+    ("C:\\Users\\a\\w.h5", "<local>/w.h5"),
+    ("~/models/a.h5", "<local>/a.h5"),
+    ("file:///srv/data/x.zip", "<local>/x.zip"),
+    ("see /tmp/pytest/run/y.png, then", "see <local>/y.png, then"),
+    ("https://bob:s3cret@data.example.org/cxr.zip", "https://data.example.org/cxr.zip"),
+    # not local details: kept as they are
+    ("http://example.org/a/b.zip", "http://example.org/a/b.zip"), ("s3://bucket/key/x", "s3://bucket/key/x"),
+    ("data/downloads", "data/downloads"), ("recall / specificity", "recall / specificity"),
+    ("aspect 1.204/1.485", "aspect 1.204/1.485"), ("../shared/data", "../shared/data"),
+])
+def test_local_details_are_cut_from_what_clients_see(text, shown):
+    from cxr.serving import without_local_details
+
+    assert without_local_details({"a": [text, 3, None]}) == {"a": [shown, 3, None]}

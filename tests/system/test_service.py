@@ -175,6 +175,10 @@ def test_metadata_is_the_model_card(service, promoted_model):
     assert body["card"]["name"] == "cxr-pneumonia-mobilenetv2" and "files" not in body["card"]
     assert "Model card" in body["card_markdown"] and body["notice"] == SCREENING_NOTICE
     assert body["warning"].startswith("SYNTHETIC")
+    # Recorded with full paths in the card on disk, but no local detail reaches a client.
+    assert body["card"]["params"]["train"]["weights"] == "<local>/mobilenet_v2.h5"
+    for secret in ("/home/alice", "/srv/radiology", "s3cret", "bob:", str(promoted_model["bentoml_home"])):
+        assert secret not in resp.text, secret
 
 
 @pytest.mark.parametrize("name,make", [("16-bit PNG", png16), ("CMYK JPEG", cmyk_jpeg), ("RGBA PNG", rgba_png)])
