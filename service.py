@@ -26,7 +26,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from cxr import UserError, serving
-from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag
+from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -58,6 +58,7 @@ def resolve_model_tag() -> str:
 
 try:
     MODEL_TAG = resolve_model_tag()
+    verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
 except UserError as exc:  # fail fast, with the reason, before any worker starts
     print(f"cxr service: cannot start: {exc}", file=sys.stderr)
     raise SystemExit(2) from None

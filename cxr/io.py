@@ -52,6 +52,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def file_digests(folder: str | os.PathLike, names) -> dict[str, str]:
+    """sha256 of each named file that exists in ``folder``."""
+    folder = Path(folder)
+    return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

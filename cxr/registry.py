@@ -2,10 +2,12 @@
 
 Every promoted model is an immutable store entry ``cxr-pneumonia:<version>`` holding the
 exported files and its lineage (data set hash, git revision, params, metrics, decision
-threshold, gate verdict) as labels and metadata. Which entry is *the* promoted one is an
-alias file, ``$BENTOML_HOME/aliases/cxr-pneumonia.json``, replaced by an atomic rename:
-an interrupted promotion leaves the previous champion in place, and a rollback is one
-rename. ``service.py`` serves whatever the alias names.
+threshold, gate verdict, the sha256 of every file) as labels and metadata. Which entry is
+*the* promoted one is an alias file, ``$BENTOML_HOME/aliases/cxr-pneumonia.json``, replaced
+by an atomic rename under a lock: an interrupted promotion leaves the previous champion in
+place, two promotions at once cannot lose one another's history, and a rollback is one
+rename. ``service.py`` serves whatever the alias names, after :func:`verify` has checked its
+files against the hashes recorded at promotion.
 
 CLI: ``python -m cxr.registry list | show | rollback [TAG]``.
 """
@@ -13,7 +15,9 @@ CLI: ``python -m cxr.registry list | show | rollback [TAG]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -21,7 +25,7 @@ import sys
 from pathlib import Path
 
 from cxr import UserError
-from cxr.io import write_json
+from cxr.io import file_digests, write_json
 
 MODEL_NAME = "cxr-pneumonia"
 EXPORT_FILES = ("model.keras", "model.tflite", "model_card.json", "model_card.md")
@@ -46,13 +50,29 @@ def _read_alias(name: str = MODEL_NAME) -> dict:
         raise UserError(f"{path} is corrupt: fix it or roll back with 'python -m cxr.registry rollback TAG'") from None
 
 
+@contextlib.contextmanager
+def _alias_lock(name: str = MODEL_NAME):
+    """An exclusive lock around the alias's read-modify-write (promotions from two flows)."""
+    lock = alias_path(name).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_alias(tag: str, reason: str, name: str = MODEL_NAME) -> None:
-    alias = _read_alias(name)
-    alias["history"] = (alias.get("history") or []) + [
-        {"tag": tag, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": reason}
-    ]
-    alias["promoted"] = tag
-    write_json(alias_path(name), alias)
+    with _alias_lock(name):
+        alias = _read_alias(name)
+        alias["history"] = (alias.get("history") or []) + [
+            {"tag": tag, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": reason}
+        ]
+        alias["promoted"] = tag
+        write_json(alias_path(name), alias)
+
+
 
 
 def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
@@ -109,7 +129,15 @@ def add(export_dir: str | Path, verdict: dict | None = None):
     if missing:
         raise UserError(f"{export_dir} lacks {missing}: run the export stage first")
     card = json.loads((export_dir / "model_card.json").read_text())
+    digests = file_digests(export_dir, EXPORT_FILES)  # recorded at promotion, checked at load
+    scored = next((r.get("files_sha256") for r in (verdict or {}).get("rescored") or []
+                   if r.get("name") == "challenger"), None)
+    changed = sorted(n for n, d in (scored or {}).items() if digests.get(n) != d)
+    if changed:
+        raise UserError(f"{export_dir}: {', '.join(changed)} changed after the gate scored it: "
+                        "not promoted (rerun the flow)")
     labels, metadata = lineage(card, verdict)
+    metadata["files_sha256"] = digests
     # create() writes into a temporary directory and saves on a clean exit only.
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=store_safe(metadata)) as model:
         for name in EXPORT_FILES:
@@ -143,6 +171,28 @@ def promoted(name: str = MODEL_NAME):
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         raise UserError(f"the promoted model {tag} is missing from the store at {bentoml_home()}") from None
+
+
+def verify(tag: str):
+    """The store entry ``tag``, its files checked against the hashes recorded at promotion;
+    a :class:`UserError` saying what is wrong otherwise (serving refuses to start)."""
+    import bentoml
+
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise UserError(f"model {tag} is not in the BentoML store at {bentoml_home()} (the alias names a "
+                        "removed model?): promote another with 'python -m cxr.registry rollback TAG'") from None
+    recorded = (model.info.metadata or {}).get("files_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise UserError(f"model {tag} carries no file hashes (stored before integrity records): "
+                        "promote it again from its export")
+    actual = file_digests(model.path, tuple(recorded))
+    bad = sorted(n for n, d in recorded.items() if actual.get(n) != d)
+    if bad:
+        raise UserError(f"model {tag}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} missing or "
+                        f"differ{'s' if len(bad) == 1 else ''} from what was promoted: refusing to serve it")
+    return model
 
 
 def list_models(name: str = MODEL_NAME) -> list[dict]:

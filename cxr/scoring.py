@@ -16,6 +16,7 @@ import numpy as np
 from cxr import UserError
 from cxr.dataset import load_split
 from cxr.imaging import ImagingConfig, preprocess_bytes
+from cxr.io import file_digests
 from cxr.metrics import at_threshold, ranking
 
 
@@ -39,6 +40,7 @@ def score_export(model_dir: Path, project: Path, batch_size: int = 32) -> dict:
     probs = np.concatenate(scores) if scores else np.zeros(0, np.float32)
     data = card.get("data") or {}
     return {
+        "files_sha256": file_digests(model_dir, ("model.tflite", "model_card.json")),
         "threshold": threshold,
         "test": {**ranking(test.labels, probs), "images": len(test),
                  "at_threshold": at_threshold(test.labels, probs, threshold)},

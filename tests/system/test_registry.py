@@ -148,3 +148,63 @@ def test_the_cli_lists_shows_and_rolls_back(store, tmp_path):
     assert cli("rollback").stdout.strip() == f"promoted: {first}"
     bad = cli("rollback", "nope")
     assert bad.returncode == 2 and "no model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_file_hashes_are_recorded_and_verified(store, tmp_path):
+    from cxr import registry
+    from cxr.io import sha256_file
+
+    out = export_dir(tmp_path, "a", 0.98, 0.85)
+    tag = registry.promote(out, {"passed": True})
+    model = registry.verify(tag)
+    assert model.info.metadata["files_sha256"] == {f: sha256_file(out / f) for f in registry.EXPORT_FILES}
+    # One flipped byte in the served file: refused, naming the file.
+    tflite = model.path_of("model.tflite")
+    data = bytearray(open(tflite, "rb").read())
+    data[10] ^= 0xFF
+    open(tflite, "wb").write(bytes(data))
+    with pytest.raises(UserError, match="model.tflite is missing or differs"):
+        registry.verify(tag)
+    os.unlink(tflite)
+    with pytest.raises(UserError, match="model.tflite is missing"):
+        registry.verify(tag)
+    with pytest.raises(UserError, match="not in the BentoML store"):
+        registry.verify("cxr-pneumonia:gone1234")
+
+
+def test_promotion_refuses_an_export_changed_after_the_gate_scored_it(store, tmp_path):
+    from cxr import registry
+    from cxr.io import file_digests
+
+    out = export_dir(tmp_path, "a", 0.98, 0.85)
+    scored = {"name": "challenger", "files_sha256": file_digests(out, ("model.tflite", "model_card.json"))}
+    verdict = {"passed": True, "rescored": [scored]}
+    (out / "model.tflite").write_bytes(os.urandom(256))  # a re-export between gate and promotion
+    with pytest.raises(UserError, match="model.tflite changed after the gate scored it"):
+        registry.promote(out, verdict)
+    assert registry.promoted_tag() is None
+    scored["files_sha256"] = file_digests(out, ("model.tflite", "model_card.json"))
+    assert registry.promote(out, verdict) == registry.promoted_tag()
+
+
+def test_concurrent_promotions_keep_every_history_entry(store, tmp_path):
+    """Alias writes from many threads at once: the lock keeps each read-modify-write whole."""
+    import threading
+
+    from cxr import registry
+
+    tags = [registry.promote(export_dir(tmp_path, n, 0.98, 0.85), {"passed": True}) for n in "abc"]
+    barrier = threading.Barrier(12)
+
+    def promote(i):
+        barrier.wait()
+        registry._write_alias(tags[i % 3], f"thread {i}")
+
+    threads = [threading.Thread(target=promote, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    history = json.loads(registry.alias_path().read_text())["history"]
+    assert sorted(h["reason"] for h in history if h["reason"].startswith("thread")) == sorted(
+        f"thread {i}" for i in range(12))

@@ -7,6 +7,7 @@ encodings (16-bit PNG, CMYK JPEG, RGBA PNG) are real images and are answered wit
 from __future__ import annotations
 
 import base64
+import shutil
 import io
 import struct
 import subprocess
@@ -361,6 +362,29 @@ def test_no_promoted_model_fails_fast_with_a_clear_message(tmp_path):
     assert proc.returncode != 0
     assert "no promoted cxr-pneumonia model" in proc.stderr + proc.stdout
     assert time.monotonic() - start < 90
+
+
+def test_a_tampered_or_missing_model_is_refused_at_start(promoted_model, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(promoted_model["bentoml_home"], home)
+    name, version = promoted_model["tag"].split(":")
+    tflite = home / "models" / name / version / "model.tflite"
+    data = bytearray(tflite.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, as a bad copy or an attacker would leave it
+    tflite.write_bytes(bytes(data))
+
+    def serve(env_home):
+        return subprocess.run([str(Path(sys.executable).parent / "bentoml"), "serve", "service:CXRScreening",
+                               "--host", "127.0.0.1", "--port", "1"], cwd=REPO, env=serving_env(env_home),
+                              capture_output=True, text=True, timeout=120)
+
+    proc = serve(home)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.tflite is missing or differs from what was promoted" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    shutil.rmtree(home / "models" / name / version)  # the alias names a model that is gone
+    proc = serve(home)
+    assert proc.returncode == 2 and "is not in the BentoML store" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_url_allowlist_serves_allowed_hosts(promoted_model, tmp_path):
