@@ -47,6 +47,7 @@ def fetch(source: str, cfg: dict, scratch: Path) -> Fetched:
     from cxr.sources import folder
 
     cache_dir = Path(require(cfg, "cache_dir", str, "download"))
+    limits = folder.ArchiveLimits.from_cfg(cfg)
     kind = describe(source)
     if kind == "synthetic":
         from cxr.sources import synthetic
@@ -68,14 +69,14 @@ def fetch(source: str, cfg: dict, scratch: Path) -> Fetched:
 
         dataset = require(cfg, "kaggle_dataset", str, "download")
         archive = kaggle.download(dataset, cache_dir)
-        root = folder.find_root(folder.extract(archive, cache_dir))
+        root = folder.find_root(folder.extract(archive, cache_dir, limits=limits))
         return Fetched(root, source, "kaggle", False, {"kaggle_dataset": dataset})
     if kind == "url":
         from cxr.sources import url
 
-        root, digest = url.open_url(source, cache_dir, cfg.get("sha256"))
+        root, digest = url.open_url(source, cache_dir, cfg.get("sha256"), limits)
         return _with_pin_info(Fetched(root, source, "url", False, {"archive_sha256": digest}))
-    root, local_kind = folder.open_local(source, cache_dir)
+    root, local_kind = folder.open_local(source, cache_dir, limits)
     return _with_pin_info(Fetched(root, source, local_kind, False))
 
 

@@ -150,7 +150,56 @@ def _safe_name(name: str, archive: Path) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What one archive may expand to (params ``download.archive_limits``): the file count, the
+    total extracted bytes, and the ratio of extracted to archive bytes (images barely compress,
+    so a large ratio is a bomb, not a data set)."""
+
+    max_files: int = 100_000
+    max_bytes: int = 20_000_000_000
+    max_ratio: float = 100.0
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "ArchiveLimits":
+        raw = cfg.get("archive_limits") or {}
+        if not isinstance(raw, dict) or set(raw) - {"max_files", "max_bytes", "max_ratio"}:
+            raise UserError("params.yaml: 'download.archive_limits' takes max_files, max_bytes, max_ratio")
+        out = cls(**raw)
+        for key in ("max_files", "max_bytes", "max_ratio"):
+            value = getattr(out, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise UserError(f"params.yaml: 'download.archive_limits.{key}' must be a positive number, got {value!r}")
+        return out
+
+    def check(self, archive: Path, files: int, total: int) -> None:
+        """Refuse, before writing a byte, what the archive's own index declares beyond the limits."""
+        if files > self.max_files:
+            raise UserError(f"{archive}: {files} entries exceed download.archive_limits.max_files "
+                            f"({self.max_files}); refusing to extract")
+        if total > self.max_bytes:
+            raise UserError(f"{archive}: {total} bytes when extracted exceed download.archive_limits.max_bytes "
+                            f"({self.max_bytes}); refusing to extract")
+        size = max(archive.stat().st_size, 1)
+        if total > 1 << 20 and total / size > self.max_ratio:
+            raise UserError(f"{archive}: expands {total / size:.0f}-fold ({size} -> {total} bytes), over "
+                            f"download.archive_limits.max_ratio ({self.max_ratio:g}): an archive bomb; "
+                            "refusing to extract")
+
+
+def _copy_at_most(src, out, limit: int, archive: Path, name: str) -> int:
+    """Copy at most ``limit`` bytes; an entry that yields more than its index declared is refused."""
+    written = 0
+    while chunk := src.read(1 << 20):
+        written += len(chunk)
+        if written > limit:
+            raise UserError(f"{archive}: entry {name!r} holds more bytes than its header declares; "
+                            "refusing to extract")
+        out.write(chunk)
+    return written
+
+
+def _extract_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
     with zipfile.ZipFile(archive) as zf:
         plan = []
         for info in zf.infolist():
@@ -160,6 +209,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 raise UserError(f"{archive}: entry {info.filename!r} is a link; refusing to extract")
             if rel is not None:
                 plan.append((info, rel))
+        limits.check(archive, len(plan), sum(info.file_size for info, _ in plan))
         for info, rel in plan:
             target = dest / rel
             if info.is_dir():
@@ -167,18 +217,22 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+                _copy_at_most(src, out, info.file_size, archive, info.filename)
 
 
-def _extract_tar(archive: Path, dest: Path) -> None:
+def _extract_tar(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
     with tarfile.open(archive, "r:*") as tf:
         plan = []
-        for member in tf.getmembers():
+        for member in tf:  # lazily: the index itself can be the bomb
             rel = _safe_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
-                raise UserError(f"{archive}: entry {member.name!r} is a link or device; refusing to extract")
+                kind = "hard link" if member.islnk() else "link or device"
+                raise UserError(f"{archive}: entry {member.name!r} is a {kind}; refusing to extract")
             if rel is not None:
                 plan.append((member, rel))
+            if len(plan) > limits.max_files:
+                limits.check(archive, len(plan), 0)
+        limits.check(archive, len(plan), sum(m.size for m, _ in plan if m.isfile()))
         for member, rel in plan:
             target = dest / rel
             if member.isdir():
@@ -187,7 +241,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             src = tf.extractfile(member)
             with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+                _copy_at_most(src, out, member.size, archive, member.name)
 
 
 def local_key(archive: Path) -> str:
@@ -197,8 +251,9 @@ def local_key(archive: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def extract(archive: Path, cache_dir: Path, key: str | None = None) -> Path:
+def extract(archive: Path, cache_dir: Path, key: str | None = None, limits: ArchiveLimits | None = None) -> Path:
     """Extract ``archive`` into ``cache_dir/extracted/`` once; reuse it on later runs."""
+    limits = limits or ArchiveLimits()
     key = key or local_key(archive)
     stem = archive.name.split(".")[0] or "archive"
     dest = Path(cache_dir) / "extracted" / f"{stem}-{key[:16]}"
@@ -210,14 +265,14 @@ def extract(archive: Path, cache_dir: Path, key: str | None = None) -> Path:
     try:
         with atomic_path(dest) as tmp:
             tmp.mkdir()
-            (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp)
+            (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp, limits)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error,
             gzip.BadGzipFile) as exc:
         raise UserError(f"{archive} is corrupt or truncated ({exc}); nothing was extracted") from None
     return dest
 
 
-def open_local(source: str, cache_dir: Path) -> tuple[Path, str]:
+def open_local(source: str, cache_dir: Path, limits: ArchiveLimits | None = None) -> tuple[Path, str]:
     """Resolve a local folder or archive to a layout root; returns (root, kind)."""
     path = Path(source).expanduser()
     if not path.exists():
@@ -230,4 +285,4 @@ def open_local(source: str, cache_dir: Path) -> tuple[Path, str]:
     if not is_archive(path):
         raise UserError(f"download.source: {source!r} is a file but not a .zip / .tar.gz archive")
     kind = archive_kind(path)
-    return find_root(extract(path, cache_dir)), kind
+    return find_root(extract(path, cache_dir, limits=limits)), kind

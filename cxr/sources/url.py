@@ -189,11 +189,12 @@ def download(url: str, cache_dir: str | Path, sha256: str | None = None, *,
     return final, actual
 
 
-def open_url(url: str, cache_dir: str | Path, sha256: str | None = None) -> tuple[Path, str]:
+def open_url(url: str, cache_dir: str | Path, sha256: str | None = None,
+             limits: "folder.ArchiveLimits | None" = None) -> tuple[Path, str]:
     """Download, extract and locate the layout root; returns (root, archive sha256)."""
     archive, digest = download(url, cache_dir, sha256)
     try:
-        extracted = folder.extract(archive, Path(cache_dir), key=digest)
+        extracted = folder.extract(archive, Path(cache_dir), key=digest, limits=limits)
     except UserError:
         if not url.lower().startswith("file:"):
             archive.unlink(missing_ok=True)  # a bad cached archive would fail every rerun

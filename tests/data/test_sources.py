@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import stat
 import sys
 import tarfile
 import types
@@ -298,3 +299,76 @@ def test_real_subset_from_shared(tmp_path):
     assert all(f.patient_id.startswith("person") and f.subtype in ("bacteria", "virus") for f in pneu)
     norm = [f for f, i in zip(facts, layout.items) if i.label == "NORMAL"]
     assert all(f.patient_id.startswith("IM-") for f in norm)
+
+
+# --- archive limits -----------------------------------------------------------------
+
+
+def test_zip_bomb_is_refused_by_its_compression_ratio(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("chest_xray/train/NORMAL/IM-0001-0001.jpeg", jpeg())
+        zf.writestr("chest_xray/train/NORMAL/zeros.jpeg", b"\0" * (64 << 20))
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match="fold.*max_ratio.*bomb"):
+        folder.extract(archive, tmp_path / "cache")
+    assert not any((tmp_path / "cache").rglob("*.jpeg"))
+
+
+def test_archive_file_count_and_total_size_are_capped(tmp_path):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(30):
+            zf.writestr(f"chest_xray/train/NORMAL/IM-{i:04d}-0001.jpeg", jpeg())
+    with pytest.raises(UserError, match="30 entries exceed download.archive_limits.max_files"):
+        folder.extract(archive, tmp_path / "c1", limits=folder.ArchiveLimits(max_files=20))
+    with pytest.raises(UserError, match="exceed download.archive_limits.max_bytes"):
+        folder.extract(archive, tmp_path / "c2", limits=folder.ArchiveLimits(max_bytes=1000))
+    tar = tmp_path / "many.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i in range(30):
+            data = jpeg()
+            info = tarfile.TarInfo(f"chest_xray/train/NORMAL/IM-{i:04d}-0001.jpeg")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(UserError, match="max_files"):
+        folder.extract(tar, tmp_path / "c3", limits=folder.ArchiveLimits(max_files=20))
+    assert folder.extract(tar, tmp_path / "c4").is_dir()  # the defaults take it
+
+
+def test_zip_entry_larger_than_its_header_declares_is_refused(tmp_path):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("chest_xray/train/NORMAL/IM-0001-0001.jpeg", b"A" * 5000)
+    raw = bytearray(archive.read_bytes())
+    # Shrink the declared size in the central directory (the index extraction trusts) to 100.
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 24:central + 28] = (100).to_bytes(4, "little")
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="more bytes than its header declares|corrupt"):
+        folder.extract(archive, tmp_path / "cache")
+
+
+def test_tar_hard_links_and_zip_symlinks_are_refused(tmp_path):
+    tar = tmp_path / "hard.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("chest_xray/train/NORMAL/IM-0001-0001.jpeg")
+        info.type, info.linkname = tarfile.LNKTYPE, "../../etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(UserError, match="is a hard link"):
+        folder.extract(tar, tmp_path / "c1")
+    archive = tmp_path / "sym.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("chest_xray/train/NORMAL/IM-0001-0001.jpeg")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(UserError, match="is a link"):
+        folder.extract(archive, tmp_path / "c2")
+
+
+def test_archive_limits_params_are_checked():
+    assert folder.ArchiveLimits.from_cfg({}) == folder.ArchiveLimits()
+    with pytest.raises(UserError, match="max_ratio"):
+        folder.ArchiveLimits.from_cfg({"archive_limits": {"max_ratio": 0}})
+    with pytest.raises(UserError, match="takes max_files"):
+        folder.ArchiveLimits.from_cfg({"archive_limits": {"max_size": 3}})
