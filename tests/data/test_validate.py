@@ -166,6 +166,20 @@ def test_decompression_bomb(tmp_path, raw):
     fails(tmp_path, raw, "files_decode", rel, "decompression bomb", max_pixels=100 * 100)
 
 
+def test_what_the_preprocessing_refuses_does_not_validate(tmp_path, raw):
+    # A GIF decodes in Pillow, but the split stage's preprocessing refuses it: so does validation
+    # (the decode budget is checked the same way; tests/code/test_imaging.py covers it).
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 64), 90).save(buf, "GIF")
+    rel = add_image(raw, "NORMAL", "IM-0002-0001.jpeg", buf.getvalue())
+    write_manifest(raw, read_manifest(raw) + [manifest_row(raw, rel, "NORMAL")])
+    fails(tmp_path, raw, "files_decode", rel, "refused by the preprocessing: unsupported image format GIF")
+
+
 def test_same_bytes_under_both_labels(tmp_path, raw):
     rows = read_manifest(raw)
     normal = rows[0]["path"]
