@@ -206,13 +206,15 @@ def test_zip_slip_is_rejected(tmp_path, evil):
     assert not any((tmp_path / "cache").rglob("*.jpeg"))
 
 
-def test_tar_links_are_rejected(tmp_path):
+@pytest.mark.parametrize("kind,target,words", [(tarfile.SYMTYPE, "/etc/passwd", "is a link or device"),
+                                               (tarfile.LNKTYPE, "../../etc/passwd", "is a hard link")])
+def test_tar_links_are_rejected(tmp_path, kind, target, words):
     archive = tmp_path / "links.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         info = tarfile.TarInfo("chest_xray/train/NORMAL/IM-0001-0001.jpeg")
-        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        info.type, info.linkname = kind, target
         tf.addfile(info)
-    with pytest.raises(UserError, match="link"):
+    with pytest.raises(UserError, match=words):
         folder.extract(archive, tmp_path / "cache")
     assert not (tmp_path / "cache" / "extracted").exists() or not any((tmp_path / "cache" / "extracted").iterdir())
 
@@ -349,14 +351,7 @@ def test_zip_entry_larger_than_its_header_declares_is_refused(tmp_path):
         folder.extract(archive, tmp_path / "cache")
 
 
-def test_tar_hard_links_and_zip_symlinks_are_refused(tmp_path):
-    tar = tmp_path / "hard.tar"
-    with tarfile.open(tar, "w") as tf:
-        info = tarfile.TarInfo("chest_xray/train/NORMAL/IM-0001-0001.jpeg")
-        info.type, info.linkname = tarfile.LNKTYPE, "../../etc/passwd"
-        tf.addfile(info)
-    with pytest.raises(UserError, match="is a hard link"):
-        folder.extract(tar, tmp_path / "c1")
+def test_zip_symlinks_are_refused(tmp_path):
     archive = tmp_path / "sym.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         info = zipfile.ZipInfo("chest_xray/train/NORMAL/IM-0001-0001.jpeg")

@@ -51,8 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_pin_push_pull_round_trip(tmp_path):
-    repo, remote = tmp_path / "repo", tmp_path / "remote"
+def new_repo(tmp_path: Path) -> Path:
+    """A git + DVC repository whose params read the pinned data set."""
+    repo = tmp_path / "repo"
     repo.mkdir()
     sh(repo, "git", "init", "-q")
     sh(repo, DVC, "init", "-q")
@@ -62,6 +63,11 @@ def test_pin_push_pull_round_trip(tmp_path):
         "source": "pinned", "sha256": None, "cache_dir": "data/downloads",
         "kaggle_dataset": "paultimothymooney/chest-xray-pneumonia", "pinned_dir": "data/pinned",
         "synthetic": SMALL}}))
+    return repo
+
+
+def test_pin_push_pull_round_trip(tmp_path):
+    repo, remote = new_repo(tmp_path), tmp_path / "remote"
     stage = [sys.executable, "-m", "stages.download"]
 
     # a clone without the data: a clear message, not a traceback
@@ -129,16 +135,7 @@ def test_s3_remote_round_trip_of_pinned_data_and_pipeline_outputs(tmp_path, s3_s
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    sh(repo, "git", "init", "-q")
-    sh(repo, DVC, "init", "-q")
-    sh(repo, DVC, "config", "core.analytics", "false")
-    sh(repo, DVC, "config", "core.site_cache_dir", tmp_path / "site-cache")
-    (repo / "params.yaml").write_text(yaml.safe_dump({"download": {
-        "source": "pinned", "sha256": None, "cache_dir": "data/downloads",
-        "kaggle_dataset": "paultimothymooney/chest-xray-pneumonia", "pinned_dir": "data/pinned",
-        "synthetic": SMALL}}))
+    repo = new_repo(tmp_path)
     sh(repo, sys.executable, "-m", "stages.download", "--pin", "synthetic")
     (repo / "data.dvc").write_text("outs:\n- path: data/pinned\n")
     sh(repo, DVC, "add", "data/pinned")
