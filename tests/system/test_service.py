@@ -441,3 +441,37 @@ def test_a_stalled_upload_does_not_block_other_requests(service):
         for s in stalled:
             s.close()
     assert requests.get(f"{service.url}/livez", timeout=10).status_code == 200
+
+
+# Malformed requests of every shape, on every route: each must be the client's 4xx, never a 5xx.
+MALFORMED = [
+    ("json: url unparsable", {"json": {"url": "http://[x"}}),
+    ("json: url bad port", {"json": {"url": "http://127.0.0.1:70000/x.png"}}),
+    ("json: url a number", {"json": {"url": 7}}),
+    ("json: image a number", {"json": {"image": 7}}),
+    ("json: images a string", {"json": {"images": "abc"}}),
+    ("json: images of numbers", {"json": {"images": [1, 2]}}),
+    ("json: a list", {"json": [1, 2, 3]}),
+    ("json: a string", {"json": "image"}),
+    ("json: null", {"data": b"null", "headers": {"Content-Type": "application/json"}}),
+    ("json: broken", {"data": b'{"url": ', "headers": {"Content-Type": "application/json"}}),
+    ("json: not utf-8", {"data": b'{"url": "\xff\xfe"}', "headers": {"Content-Type": "application/json"}}),
+    ("json: deeply nested", {"data": b"[" * 5000 + b"]" * 5000, "headers": {"Content-Type": "application/json"}}),
+    ("form: url unparsable", {"data": {"url": "http://[x"}}),
+    ("multipart: no boundary", {"data": b"abc", "headers": {"Content-Type": "multipart/form-data"}}),
+    ("content-type: nonsense", {"data": b"abc", "headers": {"Content-Type": "no/such; =;"}}),
+    ("content-type: text", {"data": b"hello", "headers": {"Content-Type": "text/plain"}}),
+    ("content-type: xml", {"data": b"<a/>", "headers": {"Content-Type": "application/xml"}}),
+    ("empty body, json type", {"data": b"", "headers": {"Content-Type": "application/json"}}),
+]
+
+
+@pytest.mark.parametrize("route", ["predict", "explain", "predict_batch", "predict_raw", "metadata"])
+def test_malformed_requests_are_4xx_on_every_route(service, route):
+    failures = []
+    for name, kw in MALFORMED:
+        resp = requests.post(f"{service.url}/{route}", timeout=30, **kw)
+        if not (400 <= resp.status_code < 500) and not (route == "metadata" and resp.status_code == 200):
+            failures.append(f"{name}: {resp.status_code} {resp.text[:120]}")
+    assert requests.get(f"{service.url}/livez", timeout=10).status_code == 200
+    assert not failures, "\n".join(failures)
