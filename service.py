@@ -26,6 +26,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from cxr import UserError, serving
+from cxr.asgi import MAX_CONNECTIONS, BodyLimit
 from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
 log = logging.getLogger("cxr.service")
@@ -105,50 +106,6 @@ def _refuse_url_fields():
 _refuse_url_fields()
 
 
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with a 413 before the app parses them.
-
-    Checks Content-Length first (nothing read), then counts streamed (chunked) bytes."""
-
-    def __init__(self, app, max_bytes: int = serving.MAX_REQUEST_BYTES):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(send, f"request body of {declared.decode(errors='replace')} bytes is over "
-                                            f"the {self.max_bytes} byte limit")
-        # Read the body up front (bounded), then replay it to the app.
-        messages, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                messages.append(message)
-                break
-            total += len(message.get("body", b""))
-            if total > self.max_bytes:
-                return await self._refuse(send, f"request body over the {self.max_bytes} byte limit")
-            messages.append(message)
-            if not message.get("more_body", False):
-                break
-
-        async def replay():
-            if messages:
-                return messages.pop(0)
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(send, message: str):
-        response = JSONResponse({"error": message, "status": 413}, status_code=413, headers={"Connection": "close"})
-        await response({"type": "http"}, None, send)
-
-
 def _error(exc: serving.RequestError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status)
 
@@ -164,7 +121,7 @@ def _read(path: Optional[Path]) -> Optional[bytes]:
     name="cxr_screening",
     workers=WORKERS,
     threads=API_THREADS,
-    traffic={"timeout": 60, "max_concurrency": 128},
+    traffic={"timeout": 60, "max_concurrency": MAX_CONNECTIONS},
     labels={"project": "cxr-screening", "notice": "screening aid, not a diagnosis"},
 )
 class CXRScreening:

@@ -443,6 +443,48 @@ def test_a_stalled_upload_does_not_block_other_requests(service):
     assert requests.get(f"{service.url}/livez", timeout=10).status_code == 200
 
 
+def test_140_dripping_uploads_do_not_stop_an_honest_request(service):
+    """Slow clients cost connections, not work slots: 140 bodies dripped at 1 byte/s (more than
+    BentoML's old 128-request cap) while an honest /predict is answered; the drips get a 408."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(service.url)
+    socks, stop = [], threading.Event()
+    for _ in range(140):
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 10000000\r\n\r\n--b\r\n")
+        socks.append(s)
+
+    def drip():
+        while not stop.is_set():
+            for s in socks:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+            time.sleep(1)
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        time.sleep(1)
+        start = time.monotonic()
+        resp = post_file(service, "predict", png_bytes(xray(11)))
+        assert resp.status_code == 200, resp.text[:300]
+        assert time.monotonic() - start < 10
+        # The drips are cut once the grace is over, with the reason.
+        socks[0].settimeout(30)
+        answer = socks[0].recv(4096).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408") and "too slowly" in answer, answer[:300]
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+    assert requests.get(f"{service.url}/livez", timeout=10).status_code == 200
+
+
 # Malformed requests of every shape, on every route: each must be the client's 4xx, never a 5xx.
 MALFORMED = [
     ("json: url unparsable", {"json": {"url": "http://[x"}}),
