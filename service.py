@@ -31,10 +31,9 @@ from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
-# Measured on 2 cores at concurrency 32 with original-size JPEGs (README "Performance", 3
-# interleaved rounds, bench/serving.py): 2 worker processes, 4 API threads and 1 TFLite thread
-# each gave 153 img/s on /predict_raw against 121 for one worker (1.8 vs 1.0 GiB RSS, Keras for
-# /explain included); 3 workers, more or fewer API threads and adaptive batching were no better.
+# Chosen by bench/serving.py on 2 cores at concurrency 32 with original-size JPEGs (figures in the
+# README, "Performance"): 2 worker processes, 4 API threads and 1 TFLite thread each; 3 workers,
+# more or fewer API threads and adaptive batching were no better.
 TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "1"))
 API_THREADS = int(os.environ.get("CXR_API_THREADS", "4"))
 WORKERS = int(os.environ.get("CXR_WORKERS", "2"))
@@ -132,11 +131,6 @@ class CXRScreening:
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), metadata=dict(stored.info.metadata),
                                               tflite_threads=TFLITE_THREADS)
         self.url_policy = serving.UrlPolicy.from_env()
-        if os.environ.get("CXR_PRELOAD_EXPLAIN", "1") != "0":
-            # Keras (TensorFlow) only serves /explain: load it beside, not before, readiness.
-            import threading
-
-            threading.Thread(target=self.model.warm_explain, name="warm-explain", daemon=True).start()
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
                  f"allowed for {list(self.url_policy.allowlist)}" if self.url_policy.allowlist else "off")

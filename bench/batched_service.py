@@ -16,7 +16,7 @@ import bentoml
 import numpy as np
 
 from cxr import serving
-from cxr.export import TFLiteModel
+from cxr.runtime import TFLiteModel
 from service import MODEL_TAG
 
 MAX_LATENCY_MS = int(os.environ.get("CXR_BATCH_LATENCY_MS", "20"))

@@ -7,7 +7,7 @@
 Formats: Keras (``model.keras``, called directly and through ``model.predict`` -- the seed's
 way), SavedModel (``tf.saved_model.load`` serving signature; exported from the Keras file into
 a temp dir when the export has none, as in a store entry), TFLite float through LiteRT
-(``cxr.export.TFLiteModel``, 2 and 1 threads), and ONNX Runtime (tf2onnx from the SavedModel)
+(``cxr.runtime.TFLiteModel``, 2 and 1 threads), and ONNX Runtime (tf2onnx from the SavedModel)
 only when ``onnxruntime`` and ``tf2onnx`` import (they are not project requirements). Inputs:
 the original-size JPEGs (``../shared/data/originals``) through THE preprocessing
 (``cxr.imaging.preprocess_bytes``); generated images when absent. Latency: median over
@@ -112,7 +112,7 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from cxr.export import TFLiteModel
+    from cxr.runtime import TFLiteModel
 
     keras_model = keras.saving.load_model(export_dir / "model.keras", compile=False)
     tmp = Path(tempfile.mkdtemp(prefix="cxr-bench-export-"))

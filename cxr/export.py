@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
-from cxr.imaging import to_model_input
 
 log = logging.getLogger(__name__)
 CITATION = (
@@ -50,8 +49,24 @@ def save_tflite(saved_model_dir: Path, out: Path) -> None:
     out.write_bytes(converter.convert())
 
 
+def with_activation_map(model):
+    """The model with a second output: the class activation map ``[N, h, w, 1]``, the logit's
+    Dense kernel applied at every position of the last feature map (see :mod:`cxr.runtime`)."""
+    import keras
+
+    from cxr.model import LAST_CONV
+
+    kernel, _ = model.get_layer("logit").get_weights()
+    cam = keras.layers.Dense(1, use_bias=False, name="class_activation")
+    out = cam(model.get_layer(LAST_CONV).output)
+    cam.set_weights([kernel])
+    return keras.Model(model.input, [model.output, out], name="screening_with_map")
+
+
 def export_all(model, out_dir: Path) -> dict[str, Path]:
     """Write every format into ``out_dir`` (which must be a fresh directory)."""
+    import tempfile
+
     paths = {
         "keras": out_dir / "model.keras",
         "saved_model": out_dir / "saved_model",
@@ -59,32 +74,11 @@ def export_all(model, out_dir: Path) -> dict[str, Path]:
     }
     model.save(paths["keras"])
     model.export(str(paths["saved_model"]), format="tf_saved_model", verbose=False)
-    save_tflite(paths["saved_model"], paths["tflite"])
+    # The TFLite file also carries the activation map, so serving explains without TensorFlow.
+    with tempfile.TemporaryDirectory() as tmp:
+        with_activation_map(model).export(tmp + "/with_map", format="tf_saved_model", verbose=False)
+        save_tflite(Path(tmp) / "with_map", paths["tflite"])
     return paths
-
-
-class TFLiteModel:
-    """A LiteRT interpreter over an exported ``model.tflite`` (also used by the Lambda handler)."""
-
-    def __init__(self, path: str | Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self._batch = int(self.input["shape"][0])
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for uint8 ``[N, S, S]`` images."""
-        x = to_model_input(images)
-        if self._batch != len(x):
-            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
-            self._batch = len(x)
-        self.interpreter.set_tensor(self.input["index"], x)
-        self.interpreter.invoke()
-        return np.asarray(self.interpreter.get_tensor(self.output["index"])).reshape(-1).copy()
 
 
 def parity(keras_probs: np.ndarray, other_probs: np.ndarray, tolerance: float, name: str) -> dict:

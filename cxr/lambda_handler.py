@@ -12,6 +12,8 @@ binary media):
   ``image/png``; any other binary type is sniffed) -> one prediction;
 - ``POST`` with JSON ``{"image": "<base64>"}`` -> one prediction, or
   ``{"images": ["<base64>", ...]}`` -> a batch (per-image results and errors);
+- ``POST .../explain`` (either body) -> the prediction plus the heatmap, as the service's
+  ``/explain`` (LiteRT too);
 - ``GET .../metadata`` -> the model card.
 
 Answers: the same JSON as the BentoML service (label, probability, decision threshold,
@@ -29,7 +31,7 @@ import os
 from pathlib import Path
 
 from cxr import UserError
-from cxr.serving import MAX_REQUEST_BYTES, RequestError, ServedModel, predict_many
+from cxr.serving import MAX_REQUEST_BYTES, RequestError, ServedModel, decode, explanation, predict_many
 
 log = logging.getLogger(__name__)
 _MODELS: dict[str, ServedModel] = {}
@@ -106,6 +108,8 @@ def handle(event: dict, model: ServedModel) -> tuple[int, dict]:
         if "image" not in doc:
             raise RequestError("JSON body needs 'image' (base64) or 'images' (list of base64)", 400)
         raw = _b64(doc["image"], "'image'")
+    if path.rstrip("/").endswith("/explain"):
+        return 200, explanation(model, decode(raw, model.imaging))
     return 200, model.predict_bytes(raw)
 
 

@@ -22,7 +22,7 @@ from cxr.metrics import at_threshold, ranking
 
 def score_export(model_dir: Path, project: Path, batch_size: int = 32) -> dict:
     """Figures shaped like ``metrics.json`` (``test``, ``threshold``, ``data``)."""
-    from cxr.export import TFLiteModel
+    from cxr.runtime import TFLiteModel
 
     card_path = model_dir / "model_card.json"
     if not card_path.exists() or not (model_dir / "model.tflite").exists():

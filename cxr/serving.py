@@ -3,7 +3,8 @@
 Nothing here knows BentoML: it turns uploaded bytes into model input with THE training
 preprocessing (:func:`cxr.imaging.preprocess_bytes`), fetches an image URL only when an
 operator allowlisted its host (size- and time-limited; local paths never), runs the
-exported TFLite model (LiteRT) and Keras only for Grad-CAM, and builds the answers.
+exported TFLite models (LiteRT: the prediction and its explanation; no TensorFlow), and
+builds the answers.
 
 Every refusal is a :class:`RequestError` with an HTTP status (400/403/413/415/422) and a
 specific message; the service turns it into a JSON error, never a traceback. Image bytes
@@ -243,7 +244,7 @@ def _imaging_from(card: dict) -> ImagingConfig:
 
 @dataclass
 class ServedModel:
-    """An exported model directory (model.tflite, model.keras, model_card.json) ready to serve."""
+    """An exported model directory (model.tflite, model_card.json) ready to serve."""
 
     path: Path
     tag: str
@@ -254,12 +255,10 @@ class ServedModel:
     tflite_threads: int | None = None
 
     def __post_init__(self):
-        from cxr.export import TFLiteModel
+        from cxr.runtime import TFLiteModel
 
         self._tflite = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
         self._tflite_lock = threading.Lock()
-        self._keras = None
-        self._keras_lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path, tag: str | None = None, metadata: dict | None = None,
@@ -267,7 +266,7 @@ class ServedModel:
         path = Path(path)
         for name in ("model.tflite", "model_card.json"):
             if not (path / name).is_file():
-                raise UserError(f"{path} lacks {name}: not an exported cxr model")
+                raise UserError(f"{path} lacks {name}: not an exported cxr model (re-export it)")
         card = json.loads((path / "model_card.json").read_text())
         metadata = dict(metadata or {})
         threshold = card.get("decision_threshold")  # the card is the record; metadata shows copies
@@ -291,28 +290,11 @@ class ServedModel:
         image = decode(data, self.imaging)
         return self.answer(float(self.probabilities(image[None])[0]))
 
-    def keras_model(self):
-        with self._keras_lock:
-            if self._keras is None:
-                import keras
-
-                self._keras = keras.saving.load_model(self.path / "model.keras", compile=False)
-            return self._keras
-
-    def warm_explain(self) -> None:
-        """Load Keras and build the Grad-CAM graph now (the service does it in the background at start)."""
-        try:
-            self.explain(np.zeros((self.imaging.image_size,) * 2, np.uint8))
-        except Exception as exc:  # noqa: BLE001 - a failed warm-up must not stop /predict; /explain will report
-            log.warning("Grad-CAM warm-up failed: %s", exc)
-
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Grad-CAM heatmap (Keras) and the Keras probability for one uint8 ``[S, S]`` image."""
-        from cxr.model import grad_cam
-
-        model = self.keras_model()
-        with self._keras_lock:
-            return grad_cam(model, image)
+        """Heatmap in [0, 1] (Grad-CAM at out_relu, as the class activation map) and the
+        probability, from one LiteRT forward pass, for one uint8 ``[S, S]`` image."""
+        with self._tflite_lock:
+            return self._tflite.explain(image)
 
     # -- answers
     def answer(self, probability: float) -> dict:
@@ -326,7 +308,8 @@ class ServedModel:
             "imaging": self.imaging.to_dict(),
             "labels": list(LABELS),
             "positive_label": POSITIVE_LABEL,
-            "runtime": {"predict": "TFLite (LiteRT)", "explain": "Keras Grad-CAM over out_relu"},
+            "runtime": {"predict": "TFLite (LiteRT)",
+                        "explain": "the same TFLite pass: class activation map at out_relu (= Grad-CAM for this head)"},
             "notice": SCREENING_NOTICE,
             "warning": SYNTHETIC_WARNING if self.synthetic else None,
             "card": {k: v for k, v in self.card.items() if k != "files"},  # no server paths
@@ -378,14 +361,16 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def heatmap_png(image: np.ndarray, cam: np.ndarray, *, display_size: int = 448, alpha: float = 0.45) -> bytes:
-    """The model's view of the image (after preprocessing) with the Grad-CAM heatmap blended over it."""
+def heatmap_png(image: np.ndarray, cam: np.ndarray, *, display_size: int | None = None, alpha: float = 0.45) -> bytes:
+    """The model's view of the image (after preprocessing) with the Grad-CAM heatmap blended over it,
+    at the model's resolution unless ``display_size`` asks for more (clients scale it; encoding
+    4x the pixels cost more than the model's forward pass)."""
     gray = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
     heat = _colormap(cam).astype(np.float32)
     weight = alpha * np.clip(cam, 0, 1)[..., None] ** 0.5  # cold regions stay mostly grayscale
     blended = (gray * (1 - weight) + heat * weight).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(blended, "RGB")
-    if img.size[0] < display_size:
+    if display_size and img.size[0] < display_size:
         img = img.resize((display_size, display_size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=False)
@@ -393,13 +378,13 @@ def heatmap_png(image: np.ndarray, cam: np.ndarray, *, display_size: int = 448, 
 
 
 def explanation(model: ServedModel, image: np.ndarray) -> dict:
-    """Prediction (TFLite, as /predict) plus the Grad-CAM overlay as a base64 PNG."""
-    probability = float(model.probabilities(image[None])[0])
-    cam, keras_probability = model.explain(image)
+    """Prediction (the same model file and forward pass as /predict) plus the Grad-CAM overlay
+    as a base64 PNG."""
+    cam, probability = model.explain(image)
     return {
         **model.answer(probability),
         "heatmap_png_base64": base64.b64encode(heatmap_png(image, cam)).decode("ascii"),
-        "heatmap": {"method": "Grad-CAM", "layer": "out_relu", "keras_probability": round(keras_probability, 6),
+        "heatmap": {"method": "Grad-CAM (class activation map)", "layer": "out_relu",
                     # all zero: no region pushed the score towards PNEUMONIA (common for NORMAL answers)
                     "empty": bool(np.max(cam) <= 0),
                     "shows": "the preprocessed image the model saw (grayscale, squashed, equalised)"},

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from cxr import cli, params
 from cxr.dataset import load_split
-from cxr.export import TFLiteModel, export_all, model_card, model_card_markdown, parity
+from cxr.export import export_all, model_card, model_card_markdown, parity
 from cxr.io import atomic_path, write_json, write_text
+from cxr.runtime import TFLiteModel
 
 log = logging.getLogger("export")
 MODEL = Path("models/model.keras")

@@ -94,8 +94,9 @@ def test_heatmap_png_blends_colour_where_the_map_is_hot():
     cam = np.zeros((64, 64))
     cam[:, 32:] = 1.0
     out = np.asarray(Image.open(io.BytesIO(heatmap_png(img, cam))))
-    assert out.shape == (448, 448, 3)
-    left, right = out[:, :200].astype(int), out[:, 260:].astype(int)
+    assert out.shape == (64, 64, 3)  # the model's resolution: the page scales it
+    assert np.asarray(Image.open(io.BytesIO(heatmap_png(img, cam, display_size=448)))).shape == (448, 448, 3)
+    left, right = out[:, :28].astype(int), out[:, 36:].astype(int)
     assert np.ptp(left, axis=-1).max() == 0  # cold: stays gray
     assert (right[..., 0] - right[..., 2]).mean() > 40  # hot: red
 

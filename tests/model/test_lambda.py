@@ -121,3 +121,14 @@ def test_missing_model_is_a_clear_503(lam, tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_MODEL_DIR", str(tmp_path))
     status, body = call(lam, api_gateway_event(b"x"))
     assert status == 503 and "lacks model.tflite" in body["error"]
+
+
+def test_explain_route_gives_the_services_heatmap(lam, service, promoted_model):
+    images, _ = blob_images(2, promoted_model["image_size"], seed=31)
+    data = png_bytes(images[1])  # the class with the bright square: a non-empty map
+    status, body = call(lam, api_gateway_event(data, "image/png", path="/explain"))
+    assert status == 200 and body["heatmap_png_base64"]
+    served = requests.post(f"{service.url}/explain", files={"image": ("x.png", data)}, timeout=60).json()
+    assert body["probability"] == pytest.approx(served["probability"], abs=PARITY_TOLERANCE)
+    assert body["heatmap"] == served["heatmap"]
+    assert body["heatmap_png_base64"] == served["heatmap_png_base64"]

@@ -65,8 +65,10 @@ def test_page_shows_verdict_probability_heatmap_and_notice(browser, service, pro
     assert threshold == pytest.approx(promoted_model["threshold"], abs=1e-4)
     assert page.locator("#model-tag").inner_text() == promoted_model["tag"]
     assert SCREENING_NOTICE in page.locator("#result-notice").inner_text()
-    width = page.eval_on_selector("#heatmap", "img => img.complete ? img.naturalWidth : 0")
-    assert width >= 448, "heatmap image did not load"
+    natural = page.eval_on_selector("#heatmap", "img => img.complete ? img.naturalWidth : 0")
+    assert natural == promoted_model["image_size"], "heatmap image did not load"
+    shown = page.eval_on_selector("#heatmap", "img => img.getBoundingClientRect().width")
+    assert shown >= 200, "the page does not scale the model-resolution heatmap up"
 
     shot = Path(os.environ.get("CXR_SCREENSHOT", tmp_path / "ui.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)
