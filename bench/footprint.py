@@ -14,7 +14,6 @@ idle RSS <= 700 MiB, start-up <= 3 s, /explain p50 <= 2x /predict, /predict p95 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import threading
@@ -25,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.hostile import honest_jpeg  # noqa: E402
-from bench.report import fmt_bytes, percentile, render_table, tree_rss, verdict, wait_idle  # noqa: E402
-from bench.serving import Server, find_model, make_model  # noqa: E402
+from bench.report import fmt_bytes, percentile, render_table, verdict, wait_idle  # noqa: E402
+from bench.serving import model_args, shipped_service  # noqa: E402
 
 
 def timed(session, url: str, data: bytes) -> float:
@@ -40,20 +39,13 @@ def main() -> int:
     import requests
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bentoml-home", type=Path, default=Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")))
-    ap.add_argument("--make-model", type=Path, metavar="DIR", help="build + promote a stand-in model under DIR")
+    model_args(ap, "/tmp/cxr-bench-footprint")
     ap.add_argument("--calls", type=int, default=40)
-    ap.add_argument("--log-dir", type=Path, default=Path("/tmp/cxr-bench-footprint"))
     a = ap.parse_args()
-    a.log_dir.mkdir(parents=True, exist_ok=True)
-    home = a.make_model and make_model(a.make_model) or a.bentoml_home
-    tag, model_path = find_model(home, None)
     data = honest_jpeg()
-    t0 = time.monotonic()
-    server = Server("service", "bentoml", {}, model_path, tag, home, a.log_dir)
+    tag, server = shipped_service(a)
     try:
-        server.wait_ready()
-        started = time.monotonic() - t0
+        started = server.wait_ready()  # from just after the launch
         wait_idle(server.proc.pid)
         idle = server.rss()
         s = requests.Session()

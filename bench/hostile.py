@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import threading
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import fmt_bytes, fmt_ratio, ratio, render_table, tree_rss, verdict, wait_idle  # noqa: E402
-from bench.serving import Server, find_model, make_model  # noqa: E402
+from bench.serving import model_args, shipped_service  # noqa: E402
 from tests.system.test_service import bomb_png  # noqa: E402
 
 TARGET_GROWTH_BYTES = 300 * 10**6
@@ -91,15 +90,10 @@ def wave(url: str, data: bytes, n: int, server_pid: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bentoml-home", type=Path, default=Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")))
-    ap.add_argument("--make-model", type=Path, metavar="DIR", help="build + promote a stand-in model under DIR")
+    model_args(ap, "/tmp/cxr-bench-hostile")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--log-dir", type=Path, default=Path("/tmp/cxr-bench-hostile"))
     a = ap.parse_args()
-    a.log_dir.mkdir(parents=True, exist_ok=True)
-    home = a.make_model and make_model(a.make_model) or a.bentoml_home
-    tag, model_path = find_model(home, None)
-    server = Server("service", "bentoml", {}, model_path, tag, home, a.log_dir)
+    tag, server = shipped_service(a)
     rows, base_growth = [], None
     try:
         server.wait_ready()

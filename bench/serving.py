@@ -127,6 +127,21 @@ def make_model(out: Path) -> Path:
     return out / "fixture" / "bentoml_home"
 
 
+def model_args(ap: argparse.ArgumentParser, log_dir: str) -> None:
+    """The options of the single-service benches (hostile, footprint): which model, where logs go."""
+    ap.add_argument("--bentoml-home", type=Path, default=Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")))
+    ap.add_argument("--make-model", type=Path, metavar="DIR", help="build + promote a stand-in model under DIR")
+    ap.add_argument("--log-dir", type=Path, default=Path(log_dir))
+
+
+def shipped_service(a: argparse.Namespace) -> tuple[str, "Server"]:
+    """(tag, the service as shipped, launched) for the options of :func:`model_args`."""
+    a.log_dir.mkdir(parents=True, exist_ok=True)
+    home = a.make_model and make_model(a.make_model) or a.bentoml_home
+    tag, model_path = find_model(home, None)
+    return tag, Server("service", "bentoml", {}, model_path, tag, home, a.log_dir)
+
+
 # ------------------------------------------------------------------ servers
 
 
