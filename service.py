@@ -128,8 +128,7 @@ class CXRScreening:
 
     def __init__(self) -> None:
         stored = bentoml.models.get(MODEL_TAG)
-        self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), metadata=dict(stored.info.metadata),
-                                              tflite_threads=TFLITE_THREADS)
+        self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
         self.url_policy = serving.UrlPolicy.from_env()
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,

@@ -40,8 +40,7 @@ class Front:
 
     def __init__(self) -> None:
         stored = bentoml.models.get(MODEL_TAG)
-        self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), metadata=dict(stored.info.metadata),
-                                              tflite_threads=1)
+        self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=1)
 
     @bentoml.api
     def predict(self, image: Path = None) -> dict:  # type: ignore[assignment]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,6 @@ def with_activation_map(model):
 
 def export_all(model, out_dir: Path) -> dict[str, Path]:
     """Write every format into ``out_dir`` (which must be a fresh directory)."""
-    import tempfile
-
     paths = {
         "keras": out_dir / "model.keras",
         "saved_model": out_dir / "saved_model",

@@ -115,6 +115,15 @@ def decode_cost(img: Image.Image) -> int:
     return width * height * per_pixel
 
 
+def check_decode_budget(img: Image.Image) -> int:
+    """:func:`decode_cost` of ``img``, or an :class:`ImageError` when it is over ``MAX_DECODE_BYTES``."""
+    cost = decode_cost(img)
+    if cost > MAX_DECODE_BYTES:
+        raise ImageError(f"image refused: decoding {img.size[0]}x{img.size[1]} {img.mode} pixels would take "
+                         f"{cost / 2**20:.0f} MiB (limit {MAX_DECODE_BYTES / 2**20:.0f} MiB)", "too_many_pixels")
+    return cost
+
+
 def _to_grayscale(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         # 16 bits through a 65,536-entry table: the same values as the float path below, in 1/10
@@ -147,10 +156,7 @@ def preprocess_image(img: Image.Image, cfg: ImagingConfig, reserve=None) -> np.n
     size = cfg.image_size
     if img.format in ("JPEG", "MPO"):
         img.draft("L", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when large
-    cost = decode_cost(img)
-    if cost > MAX_DECODE_BYTES:
-        raise ImageError(f"image refused: decoding {img.size[0]}x{img.size[1]} {img.mode} pixels would take "
-                         f"{cost / 2**20:.0f} MiB (limit {MAX_DECODE_BYTES / 2**20:.0f} MiB)", "too_many_pixels")
+    cost = check_decode_budget(img)
     if reserve is None:
         return _decode(img, cfg)
     with reserve(cost):

@@ -73,8 +73,6 @@ def _write_alias(tag: str, reason: str, name: str = MODEL_NAME) -> None:
         write_json(alias_path(name), alias)
 
 
-
-
 def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
     """(labels, metadata) for a store entry, from the model card and the gate verdict."""
     test = (card.get("metrics") or {}).get("test") or {}

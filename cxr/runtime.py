@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr import UserError
 from cxr.imaging import to_model_input
+
 
 class TFLiteModel:
     """A LiteRT interpreter over an exported ``model.tflite``: one thread at a time (callers lock)."""
@@ -50,8 +52,6 @@ class TFLiteModel:
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """(heatmap in [0, 1] at the image's size, probability) for one uint8 ``[S, S]`` image,
         from one forward pass."""
-        from cxr import UserError
-
         if self._map is None:
             raise UserError("this model.tflite has no activation-map output: re-export it to explain")
         outs = self.run(image[None])

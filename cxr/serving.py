@@ -3,8 +3,8 @@
 Nothing here knows BentoML: it turns uploaded bytes into model input with THE training
 preprocessing (:func:`cxr.imaging.preprocess_bytes`), fetches an image URL only when an
 operator allowlisted its host (size- and time-limited; local paths never), runs the
-exported TFLite models (LiteRT: the prediction and its explanation; no TensorFlow), and
-builds the answers.
+exported TFLite model (LiteRT: the prediction and, from the same pass, its explanation; no
+TensorFlow), and builds the answers.
 
 Every refusal is a :class:`RequestError` with an HTTP status (400/403/413/415/422) and a
 specific message; the service turns it into a JSON error, never a traceback. Image bytes
@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -251,7 +251,6 @@ class ServedModel:
     imaging: ImagingConfig
     threshold: float
     card: dict
-    metadata: dict = field(default_factory=dict)
     tflite_threads: int | None = None
 
     def __post_init__(self):
@@ -261,19 +260,17 @@ class ServedModel:
         self._tflite_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, tag: str | None = None, metadata: dict | None = None,
-             tflite_threads: int | None = None) -> "ServedModel":
+    def load(cls, path: str | Path, tag: str | None = None, tflite_threads: int | None = None) -> "ServedModel":
         path = Path(path)
         for name in ("model.tflite", "model_card.json"):
             if not (path / name).is_file():
                 raise UserError(f"{path} lacks {name}: not an exported cxr model (re-export it)")
         card = json.loads((path / "model_card.json").read_text())
-        metadata = dict(metadata or {})
-        threshold = card.get("decision_threshold")  # the card is the record; metadata shows copies
+        threshold = card.get("decision_threshold")  # the card is the record; store metadata shows copies
         if threshold is None:
             raise UserError(f"model {tag or path} has no decision_threshold")
         return cls(path=path, tag=tag or card.get("name", path.name), imaging=_imaging_from(card),
-                   threshold=float(threshold), card=card, metadata=metadata, tflite_threads=tflite_threads)
+                   threshold=float(threshold), card=card, tflite_threads=tflite_threads)
 
     @property
     def synthetic(self) -> bool:

@@ -119,7 +119,7 @@ class _TooBig(Exception):
 def _file_facts(raw_dir: Path, rel: str, max_pixels: int, max_read_bytes: int) -> dict:
     from PIL import Image
 
-    from cxr.imaging import MAX_DECODE_BYTES, ImageError, decode_cost, open_image
+    from cxr.imaging import ImageError, check_decode_budget, open_image
     from cxr.io import sha256_bytes, sha256_file
 
     row: dict[str, Any] = {"path": rel, "exists": False, "bytes": -1, "sha256": "",
@@ -159,10 +159,7 @@ def _file_facts(raw_dir: Path, rel: str, max_pixels: int, max_read_bytes: int) -
             img.load()  # a full decode: truncated or corrupt data fails here, not later
         # The preprocessing's own limits (format, pixels, scans, decode memory before draft
         # scaling, so never looser than split's): what validates, split will decode.
-        opened = open_image(data)
-        if decode_cost(opened) > MAX_DECODE_BYTES:
-            raise _TooBig(f"refused by the preprocessing: decoding {width}x{height} {opened.mode} would take "
-                          f"{decode_cost(opened) / 2**20:.0f} MiB (limit {MAX_DECODE_BYTES / 2**20:.0f} MiB)")
+        check_decode_budget(open_image(data))
     except ImageError as exc:
         row["error"] = f"refused by the preprocessing: {exc}"
     except _TooBig as exc:
