@@ -228,11 +228,11 @@ def training_levers(images, repeats: int) -> list[dict]:
     import numpy as np
 
     from cxr.imaging import to_model_input
-    from cxr.model import build, split_at
+    from cxr.model import Architecture, build, split_at
 
     weights = str(WEIGHTS) if WEIGHTS.is_file() else None
     keras.utils.set_random_seed(0)
-    model = build(224, 1.0, 0.2, weights=weights)
+    model = build(224, Architecture(alpha=1.0, dropout=0.2), weights=weights)
     cut = "block_15_expand"
     bottom, top = split_at(model, cut)
     n = len(images)

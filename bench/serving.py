@@ -108,14 +108,15 @@ def describe_model(path: Path) -> str:
         card = json.loads((path / "model_card.json").read_text())
     except (OSError, ValueError):
         return "no model card"
-    params = card.get("params") or {}
-    imaging = params.get("imaging") or {}
-    alpha = (params.get("model") or {}).get("alpha")
-    weights = (card.get("model") or {}).get("weights_init")
+    model = card.get("model") or {}
+    imaging = model.get("imaging") or {}
+    backbone = model.get("backbone") or {"backbone": "mobilenet_v2", "alpha": (card.get("params") or {}).get("model", {}).get("alpha")}
+    weights = model.get("weights_init")
     syn = (card.get("data") or {}).get("synthetic")
-    note = f"MobileNetV2 alpha {alpha}, {imaging.get('image_size')} px, weights_init {str(weights)[:20]}, synthetic data {syn}"
-    if imaging.get("image_size") != 224 or alpha != 1.0:
-        note += "  ** NOT the production size: figures do not stand for the real service **"
+    note = (f"{model.get('architecture', backbone)}, {imaging.get('image_size')} px, weights_init {str(weights)[:20]}, "
+            f"synthetic data {syn}")
+    if imaging.get("image_size") != 224 or backbone.get("backbone") != "mobilenet_v2" or backbone.get("alpha") != 1.0:
+        note += "  ** NOT the production model: figures do not stand for the real service **"
     return note
 
 

@@ -14,7 +14,8 @@ SCREENING_NOTICE = (
 )
 SYNTHETIC_WARNING = (
     "SYNTHETIC DATA: this model was trained on generated images and is NOT a "
-    "medical model. Do not use it on patients."
+    "medical model. Do not use it on patients. To train on chest X-rays: make real "
+    "(or make run SOURCE=<data> WEIGHTS=<ImageNet .h5>; see the README)."
 )
 
 

@@ -120,17 +120,20 @@ THRESHOLD_METHODS = {
 
 def model_card(*, metrics: dict, params: dict, source: dict, train_summary: dict, parity_checks: list[dict], files: dict) -> dict:
     synthetic = bool(source.get("synthetic", False))
-    if not isinstance(train_summary.get("imaging"), dict):
-        raise UserError("reports/train/summary.json has no 'imaging' record: rerun the train stage")
+    for record in ("imaging", "architecture"):
+        if not isinstance(train_summary.get(record), dict):
+            raise UserError(f"reports/train/summary.json has no '{record}' record: rerun the train stage")
     return {
-        "name": "cxr-pneumonia-mobilenetv2",
+        "name": f"cxr-pneumonia-{train_summary['architecture']['backbone'].replace('_', '')}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "warning": SYNTHETIC_WARNING if synthetic else None,
         "intended_use": INTENDED_USE,
         "not_intended_for": "Stand-alone diagnosis, adults, non-chest images, any use without clinician review.",
         "limitations": LIMITATIONS,
         "model": {
-            "architecture": "MobileNetV2 (Keras 3), global average pooling, one logit, Platt-calibrated sigmoid",
+            "architecture": f"{train_summary['architecture']['description']}, global average pooling, one logit, "
+                            "Platt-calibrated sigmoid",
+            "backbone": train_summary["architecture"],
             "input": "float32 [N, S, S, 1] in 0..255 from cxr.imaging.preprocess_bytes (grayscale, "
             "squashed to S x S, per-image intensity normalisation)",
             "output": "probability of PNEUMONIA",

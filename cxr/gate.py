@@ -12,10 +12,11 @@ Two kinds of rule, thresholds in ``params.yaml`` ``gate``:
   comparable, and a champion may even have trained on the challenger's test images.
 
 Data a model was trained on is synthetic (the offline default) is not a medical data set:
-``on_synthetic`` says what the floors mean then -- ``report`` (default: computed and shown,
-not enforced, so the offline default run can exercise promotion and serving; the model
-is stored labelled ``synthetic=true`` and every answer of the service says so),
-``enforce`` (as for real data), or ``refuse`` (never promote a synthetic model).
+``on_synthetic`` says what the floors mean then -- ``enforce`` (default: the floors of
+``synthetic_floors``, suited to the generated set, decide, so the offline default run makes
+a real pass/fail decision; the model is stored labelled ``synthetic=true`` and every answer
+of the service says so), ``report`` (computed and shown, not enforced), or ``refuse``
+(never promote a synthetic model).
 
 The verdict is plain data (every figure, its threshold, pass/fail, a one-line reason) so
 the flow can publish it as an artifact and the registry can store it with the model.
@@ -30,28 +31,44 @@ from cxr import UserError, params
 ON_SYNTHETIC = ("report", "enforce", "refuse")
 
 
+FLOORS = ("min_recall", "min_specificity", "min_roc_auc")
+
+
 @dataclass(frozen=True)
 class GateConfig:
     min_recall: float
     min_specificity: float
     min_roc_auc: float
     max_regression: float
-    on_synthetic: str = "report"
+    on_synthetic: str = "enforce"
+    synthetic_floors: dict | None = None  # {min_recall, min_specificity, min_roc_auc}; None: the floors above
 
     @classmethod
     def from_params(cls, cfg: dict) -> "GateConfig":
+        floors = cfg.get("synthetic_floors")
+        if floors is not None:
+            if not isinstance(floors, dict) or set(floors) != set(FLOORS):
+                raise UserError(f"params.yaml: 'gate.synthetic_floors' must give exactly {list(FLOORS)}, got {floors!r}")
+            floors = {k: params.in_range(params.require(floors, k, float, "gate.synthetic_floors"), 0.0, 1.0,
+                                         f"gate.synthetic_floors.{k}") for k in FLOORS}
         out = cls(
             min_recall=params.require(cfg, "min_recall", float, "gate"),
             min_specificity=params.require(cfg, "min_specificity", float, "gate"),
             min_roc_auc=params.require(cfg, "min_roc_auc", float, "gate"),
             max_regression=params.require(cfg, "max_regression", float, "gate"),
-            on_synthetic=str(cfg.get("on_synthetic", "report")),
+            on_synthetic=str(cfg.get("on_synthetic", "enforce")),
+            synthetic_floors=floors,
         )
         if out.on_synthetic not in ON_SYNTHETIC:
             raise UserError(f"params.yaml: 'gate.on_synthetic' must be one of {ON_SYNTHETIC}, got {out.on_synthetic!r}")
-        for name in ("min_recall", "min_specificity", "min_roc_auc", "max_regression"):
+        for name in (*FLOORS, "max_regression"):
             params.in_range(getattr(out, name), 0.0, 1.0, f"gate.{name}")
         return out
+
+    def floors(self, synthetic: bool) -> dict:
+        if synthetic and self.synthetic_floors is not None:
+            return dict(self.synthetic_floors)
+        return {k: getattr(self, k) for k in FLOORS}
 
 
 def figures(metrics: dict) -> dict:
@@ -94,10 +111,11 @@ def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = No
     ch = figures(challenger_metrics)
     if any(ch[k] is None for k in ("roc_auc", "recall", "specificity")):
         raise UserError("metrics.json lacks test roc_auc/recall/specificity: run the evaluate stage first")
+    floors = cfg.floors(ch["synthetic"])
     checks = [
-        _check("recall at threshold", ch["recall"], ">=", cfg.min_recall, "floor"),
-        _check("specificity at threshold", ch["specificity"], ">=", cfg.min_specificity, "floor"),
-        _check("ROC AUC", ch["roc_auc"], ">=", cfg.min_roc_auc, "floor"),
+        _check("recall at threshold", ch["recall"], ">=", floors["min_recall"], "floor"),
+        _check("specificity at threshold", ch["specificity"], ">=", floors["min_specificity"], "floor"),
+        _check("ROC AUC", ch["roc_auc"], ">=", floors["min_roc_auc"], "floor"),
     ]
     if ch["synthetic"] and cfg.on_synthetic == "refuse":
         checks.append({"check": "real (non-synthetic) data", "kind": "floor", "value": "synthetic",
@@ -141,6 +159,7 @@ def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = No
         "enforced": not reported_only,
         "reason": reason,
         "comparison": comparison,
+        "floors": "synthetic" if ch["synthetic"] and cfg.synthetic_floors is not None else "real",
         "champion": champion_tag,
         "challenger": ch,
         "checks": checks,
@@ -161,6 +180,8 @@ def verdict_markdown(verdict: dict) -> str:
     head = "PASSED" if verdict["passed"] else "FAILED"
     if not verdict.get("enforced", True):
         head += " (synthetic data: floors reported, not enforced)"
+    elif verdict.get("floors") == "synthetic":
+        head += " (synthetic data: the floors for the generated set, gate.synthetic_floors)"
     lines = [
         f"# Gate {head}",
         "",

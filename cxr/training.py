@@ -12,7 +12,12 @@ once over the validation images; its activations are cached (float16). Then:
 with class weights for the ~2.9:1 imbalance, label smoothing, early stopping on
 validation AUC (best weights restored), then Platt scaling fitted on validation logits
 and folded into the logit layer. With ``weights: none`` no cut makes sense (a freshly
-initialised backbone outputs near-zero features), so the whole network is trained.
+initialised backbone outputs near-zero features), so the whole network is trained, on
+the ``from_scratch`` schedule, with the batch-norm statistics re-estimated on the training
+images before each validation (:func:`cxr.model.recalibrate_batch_norm`).
+
+Whatever the path, a network whose validation outputs are constant fails training with a
+clear message instead of being calibrated, scored and promoted.
 """
 
 from __future__ import annotations
@@ -41,6 +46,37 @@ class Augment:
 
 
 @dataclass(frozen=True)
+class FromScratch:
+    """The schedule with ``weights: none``: one phase over the whole network, the learning
+    rate decayed to zero along a cosine."""
+
+    epochs: int = 20
+    learning_rate: float = 0.003
+    early_stopping_patience: int = 6
+
+    @classmethod
+    def from_params(cls, cfg) -> "FromScratch":
+        if cfg is None:
+            return cls()
+        if not isinstance(cfg, dict):
+            raise UserError("params.yaml: 'train.from_scratch' must be a mapping")
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"params.yaml: unknown 'train.from_scratch' keys {sorted(unknown)}")
+        where = "train.from_scratch"
+        out = cls(epochs=params.require(cfg, "epochs", int, where),
+                  learning_rate=params.require(cfg, "learning_rate", float, where),
+                  early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where))
+        if out.epochs < 1 or out.early_stopping_patience < 1:
+            raise UserError("params.yaml: 'train.from_scratch.epochs' and 'early_stopping_patience' must be >= 1")
+        return out
+
+
+# Validation logits spanning less than this are one constant (float noise aside).
+CONSTANT_LOGIT_SPAN = 1e-4
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int
     weights: str | None
@@ -57,6 +93,7 @@ class TrainConfig:
     clean_view: bool = True
     select_on: str = "val"
     reacquire: Reacquire = field(default_factory=Reacquire)
+    from_scratch: FromScratch = field(default_factory=FromScratch)
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -91,6 +128,7 @@ class TrainConfig:
             clean_view=clean_view,
             select_on=select_on,
             reacquire=Reacquire.from_params(cfg.get("reacquire")),
+            from_scratch=FromScratch.from_params(cfg.get("from_scratch")),
         )
         if out.batch_size < 1 or out.views < 1:
             raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
@@ -213,7 +251,7 @@ def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     ]
 
 
-def _compile(model, learning_rate: float, label_smoothing: float):
+def _compile(model, learning_rate, label_smoothing: float):
     import keras
 
     model.compile(
@@ -264,26 +302,10 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     timings: dict[str, float] = {}
 
     if cfg.weights is None:
-        log.warning("train.weights is none: training the whole network from scratch (slow, needs much data)")
-        import tensorflow as tf
-
-        full = logit_model(model)
-        _compile(full, cfg.head_learning_rate, cfg.label_smoothing)
-        ds = (
-            tf.data.Dataset.from_tensor_slices((train.images, train.labels.astype(np.float32), sample_w))
-            .shuffle(len(train), seed=cfg.seed)
-            .batch(cfg.batch_size)
-            .map(lambda x, y, w: (augment(tf.cast(x, tf.float32)[..., None]), y, w))
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        val_x = val.images.astype(np.float32)[..., None]
         t0 = time.time()
-        epochs = max(cfg.head_epochs, cfg.fine_tune_epochs)
-        h = full.fit(ds, validation_data=(val_x, y_val), epochs=epochs, verbose=2,
-                     callbacks=[_early_stopping(cfg.early_stopping_patience)])
+        history += _fit_from_scratch(model, train, val, cfg, augment, sample_w)
         timings["full_fit_s"] = time.time() - t0
-        history += _history_rows(h, "full", 0)
-        val_logits = np.asarray(full.predict(val_x, batch_size=cfg.batch_size, verbose=0)).reshape(-1)
+        val_logits = _logits(logit_model(model), val.images, cfg.batch_size)
         facts["mode"] = "from_scratch"
     else:
         bottom, top = split_at(model, cfg.fine_tune_from)
@@ -345,6 +367,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
 
     for layer in model.layers:
         layer.trainable = True
+    check_not_constant(val_logits)
     scale, bias = platt_scaling(val_logits, val.labels)
     if scale > 0:
         fold_calibration(model, scale, bias)
@@ -354,3 +377,69 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         facts["calibration"] = {"method": "none", "reason": f"non-positive slope {scale:.3f}"}
     facts["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     return history, facts
+
+
+def check_not_constant(val_logits: np.ndarray) -> None:
+    span = float(np.ptp(val_logits)) if len(val_logits) else 0.0
+    if span < CONSTANT_LOGIT_SPAN:
+        raise UserError(
+            f"train: the trained network outputs a constant (validation logits span {span:.2g} over "
+            f"{len(val_logits)} images): it learnt nothing a threshold could use. Not saved. Check the data "
+            "(labels, both classes present and distinguishable) and the schedule (train.*epochs, learning rates)"
+        )
+
+
+def _logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+    from cxr.imaging import to_model_input
+
+    return np.concatenate([np.asarray(fn(to_model_input(images[i : i + batch_size]), training=False)).reshape(-1)
+                           for i in range(0, len(images), batch_size)]) if len(images) else np.zeros(0)
+
+
+def _fit_from_scratch(model, train: SplitData, val: SplitData, cfg: TrainConfig, augment, sample_w) -> list[dict]:
+    """The whole network, an epoch at a time: batch norms re-estimated on the training images,
+    then validation AUC (ties broken by validation loss), early stopping on it (best weights
+    restored, and their statistics)."""
+    import keras
+    import tensorflow as tf
+    from sklearn.metrics import roc_auc_score
+
+    from cxr.model import logit_model, recalibrate_batch_norm
+
+    sched = cfg.from_scratch
+    log.warning("train.weights is none: training the whole network from scratch (%d epochs at most)", sched.epochs)
+    full = logit_model(model)
+    steps = sched.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
+    # Cosine decay to zero over the whole schedule: the last epochs settle instead of jumping
+    # around a small validation split's noise.
+    _compile(full, keras.optimizers.schedules.CosineDecay(sched.learning_rate, steps), cfg.label_smoothing)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((train.images, train.labels.astype(np.float32), sample_w))
+        .shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .map(lambda x, y, w: (augment(tf.cast(x, tf.float32)[..., None]), y, w))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+    rows, best, best_key, stale = [], None, (-1.0, 0.0), 0
+    for epoch in range(sched.epochs):
+        h = full.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False)  # ds is shuffled
+        recalibrate_batch_norm(model, train.images, cfg.batch_size)
+        val_logits = _logits(full, val.images, cfg.batch_size)
+        val_auc = float(roc_auc_score(val.labels, val_logits)) if len(set(val.labels.tolist())) == 2 else 0.5
+        val_loss = float(loss_fn(val.labels.astype(np.float32), val_logits))
+        rows.append({"epoch": epoch + 1, "phase": "full", "loss": round(float(h.history["loss"][-1]), 6),
+                     "auc": round(float(h.history["auc"][-1]), 6), "val_loss": round(val_loss, 6),
+                     "val_auc": round(val_auc, 6)})
+        log.info("epoch %d/%d: loss %.4f, val AUC %.4f", epoch + 1, sched.epochs, rows[-1]["loss"], val_auc)
+        key = (val_auc, -val_loss)  # a small validation split reaches AUC 1: then the loss decides
+        if key > best_key:
+            best, best_key, stale = model.get_weights(), key, 0
+        else:
+            stale += 1
+            if stale >= sched.early_stopping_patience:
+                log.info("early stopping: val AUC has not improved for %d epochs", stale)
+                break
+    if best is not None:
+        model.set_weights(best)  # batch-norm statistics are weights too: the best epoch's come back
+    return rows

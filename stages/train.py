@@ -1,4 +1,5 @@
-"""train: MobileNetV2 transfer learning on the prepared splits.
+"""train: MobileNetV2 transfer learning on the prepared splits (with ``train.weights: none``,
+the ``model.from_scratch`` network trained whole).
 
 Reads params ``train``, ``model``, ``imaging`` and ``acquisition``; writes ``models/model.keras`` (calibrated,
 the full inference model), ``reports/train/history.csv`` (per-epoch curves, a DVC plot)
@@ -18,7 +19,7 @@ from cxr.acquisition import ClassAcquisition
 from cxr.dataset import SplitData, load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import atomic_path, write_csv, write_json
-from cxr.model import build, resolve_weights, weights_fingerprint
+from cxr.model import Architecture, build, resolve_weights, weights_fingerprint
 from cxr.training import TrainConfig, train
 
 log = logging.getLogger("train")
@@ -31,21 +32,19 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 
 def main() -> None:
     cfg = TrainConfig.from_params(params.section("train"))
-    model_cfg = params.section("model")
+    arch = Architecture.from_params(params.section("model"), from_scratch=cfg.weights is None)
     imaging = ImagingConfig.from_params(params.section("imaging"))
     facts_acq = ClassAcquisition.from_params(params.section("acquisition"))
-    alpha = params.require(model_cfg, "alpha", float, "model")
-    dropout = params.in_range(params.require(model_cfg, "dropout", float, "model"), 0.0, 0.9, "model.dropout")
-    weights = resolve_weights(cfg.weights, alpha, imaging.image_size)
+    weights = resolve_weights(cfg.weights, arch.alpha, imaging.image_size)
     train_split, val_split = load_split(PREPARED, "train"), load_split(PREPARED, "val")
     if train_split.images.shape[1] != imaging.image_size:
         raise UserError("data/prepared was made with another imaging.image_size: rerun the split stage")
-    log.info("train %s, val %s, weights=%s", train_split.counts(), val_split.counts(), weights)
+    log.info("train %s, val %s, %s, weights=%s", train_split.counts(), val_split.counts(), arch.describe(), weights)
 
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build(imaging.image_size, alpha=alpha, dropout=dropout, weights=weights)
+    model = build(imaging.image_size, arch, weights=weights)
     started = time.time()
     view_sources = None
     if cfg.reacquire.active and weights is not None:  # from scratch uses no cached views
@@ -68,6 +67,7 @@ def main() -> None:
     facts["shortcut_audit_views"] = audit
     facts["wall_time_s"] = round(time.time() - started, 1)
     facts["weights"] = weights_fingerprint(weights)
+    facts["architecture"] = {**arch.to_dict(), "description": arch.describe()}
     facts["imaging"] = imaging.to_dict()
 
     with atomic_path(MODEL.parent) as tmp:

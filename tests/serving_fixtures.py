@@ -56,10 +56,10 @@ def train_tiny(size: int = 64, alpha: float = 0.35, steps: int = 30, seed: int =
     import keras
 
     from cxr.imaging import to_model_input
-    from cxr.model import build
+    from cxr.model import Architecture, build
 
     keras.utils.set_random_seed(seed)
-    model = build(size, alpha=alpha, dropout=0.0, weights=None)
+    model = build(size, Architecture(alpha=alpha, dropout=0.0), weights=None)
     # A fresh network's batch-norm moving statistics (0, 1) make inference activations
     # vanish (constant outputs). Let them follow the training batches quickly instead.
     for layer in model.layers:
@@ -88,6 +88,7 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
     model = train_tiny(size, alpha, steps)
 
     from cxr.export import export_all, model_card, model_card_markdown
+    from cxr.model import Architecture
 
     files = export_all(model, export_dir)
     # Params as a real run records them, local paths and a credentialed URL included: the service
@@ -101,7 +102,9 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
                "test": {"roc_auc": 0.5, "pr_auc": 0.5, "images": 64, "at_threshold": at, "at_0.5": at},
                "val": {"roc_auc": 0.5}, "data": {"test_split": "synthetic-test", "test_split_hash": "0" * 64}}
     card = model_card(metrics=metrics, params=params, source={"source": "synthetic", "synthetic": True,
-                      "dataset_hash": "test" * 16}, train_summary={"weights": None, "imaging": params["imaging"]},
+                      "dataset_hash": "test" * 16}, train_summary={"weights": None, "imaging": params["imaging"],
+                                     "architecture": {**Architecture(alpha=alpha).to_dict(),
+                                                      "description": Architecture(alpha=alpha).describe()}},
                       parity_checks=[],
                       files=files)
     # BentoML refuses None anywhere in a store entry's metadata.

@@ -4,7 +4,9 @@ NOT a medical data set: it exists to exercise the code on a fresh clone, offline
 Each image is a grayscale JPEG with a dark background, a body silhouette, two darker
 lung fields crossed by curved ribs, a bright spine/mediastinum and a heart shadow.
 PNEUMONIA adds consolidation inside the lungs: a dense lobar patch (bacterial) or a
-diffuse hazy interstitial pattern (viral). Brightness, contrast, position and size vary
+diffuse hazy interstitial pattern (viral), dense enough that a small network learns it
+from a few hundred images; :func:`draw` also returns where it was drawn, so explanations
+can be tested against the lesion. Brightness, contrast, position and size vary
 per patient and per image, and every image is rescaled to a mean/spread drawn from the
 same distribution for both classes, so the label is not given away by global intensity.
 Files are named like the real set (``IM-0001-0002.jpeg``, ``person12_bacteria_34.jpeg``)
@@ -53,8 +55,9 @@ def _patient_anatomy(rng: np.random.Generator) -> dict:
     }
 
 
-def render(rng: np.random.Generator, anatomy: dict, size: int, subtype: str = "") -> bytes:
-    """One radiograph-like JPEG; ``subtype`` "bacteria"/"virus" adds pneumonia."""
+def draw(rng: np.random.Generator, anatomy: dict, size: int, subtype: str = "") -> tuple[Image.Image, np.ndarray]:
+    """One radiograph-like image and its lesion mask (bool ``[size, size]``, all False for
+    NORMAL); ``subtype`` "bacteria"/"virus" adds pneumonia."""
     a = {k: v * rng.uniform(0.95, 1.05) for k, v in anatomy.items()}
     ax = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     xx, yy = np.meshgrid(ax, ax)
@@ -79,30 +82,40 @@ def render(rng: np.random.Generator, anatomy: dict, size: int, subtype: str = ""
     img += 0.17 * _ellipse(xx, yy, 0.14, 0.25, a["heart"] * 1.25, a["heart"], soft=0.4)
     img += 0.2 * np.clip((yy - 0.55) / 0.1, 0, 1) * body  # diaphragm / abdomen
 
+    lesion = np.zeros(img.shape, bool)
+    # Exposure is set from the anatomy alone, so a lesion brightens only where it is drawn (set
+    # after it, the rescaling would shift every other pixel with it: a global cue to learn).
+    anatomy_mean, anatomy_std = float(img.mean()), float(img.std()) + 1e-6
     if subtype == "bacteria":  # lobar consolidation: a dense irregular patch in one lung
         side = rng.choice([-1, 1])
         cx = side * (a["lung_gap"] / 2 + a["lung_w"] * rng.uniform(0.6, 1.3))
         cy = rng.uniform(-0.2, 0.35)
         patch = np.zeros_like(img)
         for _ in range(rng.integers(3, 7)):
-            r = rng.uniform(0.08, 0.18)
+            r = rng.uniform(0.1, 0.2)
             px, py = cx + rng.normal(0, 0.07), cy + rng.normal(0, 0.07)
             patch += np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * r**2))
         texture = 0.75 + 0.25 * _smooth_noise(rng, size, 24)
-        img += rng.uniform(0.3, 0.45) * np.clip(patch, 0, 1) * lungs * texture
+        density = np.clip(patch, 0, 1) * lungs
+        img += rng.uniform(0.45, 0.65) * density * texture
+        lesion = density > 0.25
     elif subtype == "virus":  # diffuse interstitial haze over both lungs
         haze = 0.5 + 0.5 * _smooth_noise(rng, size, 10)
         reticular = np.abs(_smooth_noise(rng, size, 40))
-        img += rng.uniform(0.12, 0.2) * lungs * (0.6 * haze + 0.4 * reticular)
+        img += rng.uniform(0.2, 0.3) * lungs * (0.6 * haze + 0.4 * reticular)
+        lesion = lungs > 0.25
 
     img += rng.normal(0, 0.015, img.shape).astype(np.float32)
-    # class-independent exposure: the image's mean and spread are drawn, not inherited
-    img = (img - img.mean()) / (img.std() + 1e-6) * a["spread"] + a["mean"]
+    # class-independent exposure: the anatomy's mean and spread are drawn, not inherited
+    img = (img - anatomy_mean) / anatomy_std * a["spread"] + a["mean"]
     img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.2)
     pil = Image.fromarray((img * 255).astype(np.uint8), "L")
-    pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0)))
+    return pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))), lesion
+
+
+def _jpeg(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    pil.save(buf, "JPEG", quality=90)
+    image.save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -119,6 +132,16 @@ def _counts(cfg: dict, key: str) -> dict[str, int]:
 
 def generate(cfg: dict, out_dir: str | Path) -> Path:
     """Write a Kaggle-layout data set (train/, and test/ if asked) into ``out_dir``."""
+    seed, size, span, patients, test_patients = _checked(cfg)
+    out_dir = Path(out_dir)
+    for split, label, name, image, _ in _images(seed, size, span, patients, test_patients):
+        folder = out_dir / split / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(_jpeg(image))
+    return out_dir
+
+
+def _checked(cfg: dict) -> tuple[int, int, list, dict, dict]:
     seed = require(cfg, "seed", int, "download.synthetic")
     size = require(cfg, "size", int, "download.synthetic")
     span = require(cfg, "images_per_patient", list, "download.synthetic")
@@ -133,15 +156,21 @@ def generate(cfg: dict, out_dir: str | Path) -> Path:
     test_patients = _counts(cfg, "test_patients")
     if sum(test_patients.values()) and min(test_patients.values()) < 1:
         raise UserError("params.yaml: 'download.synthetic.test_patients' needs both classes or none")
+    return seed, size, span, patients, test_patients
 
-    out_dir = Path(out_dir)
+
+def lesions(cfg: dict, split: str = "test") -> dict[str, np.ndarray]:
+    """``{file name: lesion mask}`` for the PNEUMONIA images :func:`generate` writes into
+    ``split`` with the same params (the same draws, replayed)."""
+    return {name: mask for s, label, name, _, mask in _images(*_checked(cfg))
+            if s == split and label == "PNEUMONIA"}
+
+
+def _images(seed: int, size: int, span: list, patients: dict, test_patients: dict):
+    """(split, label, file name, image, lesion mask) in the order they are drawn."""
     image_no = 0  # Kermany's PNEUMONIA names carry a running image number
     for split, counts in (("train", patients), ("test", test_patients)):
-        if not sum(counts.values()):
-            continue
         for label, n in counts.items():
-            folder = out_dir / split / label
-            folder.mkdir(parents=True, exist_ok=True)
             first = 1 if split == "train" else patients[label] + 1  # test patients are disjoint
             for pid in range(first, first + n):
                 rng = np.random.default_rng([seed, _LABEL_CODE[label], _SPLIT_CODE[split], pid])
@@ -153,5 +182,5 @@ def generate(cfg: dict, out_dir: str | Path) -> Path:
                         name = f"IM-{pid:04d}-{k:04d}.jpeg"
                     else:
                         name = f"person{pid}_{subtype}_{image_no}.jpeg"
-                    (folder / name).write_bytes(render(rng, anatomy, size, subtype))
-    return out_dir
+                    image, lesion = draw(rng, anatomy, size, subtype)
+                    yield split, label, name, image, lesion

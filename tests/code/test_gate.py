@@ -71,20 +71,53 @@ def test_synthetic_models_can_be_refused():
     assert failed(verdict) == ["real (non-synthetic) data"]
 
 
-def test_on_synthetic_data_floors_are_reported_not_enforced_by_default():
-    verdict = decide(metrics(auc=0.6, spec=0.0, synthetic=True), CFG)
+def test_on_synthetic_data_floors_can_be_reported_instead_of_enforced():
+    report = GateConfig(0.99, 0.8, 0.95, 0.01, on_synthetic="report")
+    verdict = decide(metrics(auc=0.6, spec=0.0, synthetic=True), report)
     assert verdict["passed"] and not verdict["enforced"]
     assert "SYNTHETIC" in verdict["reason"] and "2 would fail" in verdict["reason"]
     assert failed(verdict) == ["ROC AUC", "specificity at threshold"]  # still recorded as failing
-    enforced = decide(metrics(auc=0.6, spec=0.0, synthetic=True), GateConfig(0.99, 0.8, 0.95, 0.01, "enforce"))
+    enforced = decide(metrics(auc=0.6, spec=0.0, synthetic=True), CFG)  # enforce is the default
     assert not enforced["passed"] and enforced["enforced"]
     # Never over a real-data champion, whatever the mode.
-    over_real = decide(metrics(synthetic=True), CFG, metrics(synthetic=False, split="other"), "cxr-pneumonia:real")
+    over_real = decide(metrics(synthetic=True), report, metrics(synthetic=False, split="other"), "cxr-pneumonia:real")
     assert not over_real["passed"] and "would replace a real-data champion" in over_real["reason"]
-    over_synthetic = decide(metrics(synthetic=True), CFG, metrics(synthetic=True, split="other"), "cxr-pneumonia:s")
+    over_synthetic = decide(metrics(synthetic=True), report, metrics(synthetic=True, split="other"), "cxr-pneumonia:s")
     assert over_synthetic["passed"]
     # Real data: always enforced, whatever on_synthetic says.
-    assert not decide(metrics(auc=0.6, synthetic=False), CFG)["passed"]
+    assert not decide(metrics(auc=0.6, synthetic=False), report)["passed"]
+
+
+def test_synthetic_floors_apply_to_synthetic_models_only():
+    cfg = GateConfig(0.99, 0.8, 0.95, 0.01, synthetic_floors={"min_recall": 0.9, "min_specificity": 0.6,
+                                                              "min_roc_auc": 0.9})
+    lenient_enough = metrics(auc=0.93, recall=0.92, spec=0.7, synthetic=True)
+    verdict = decide(lenient_enough, cfg)
+    assert verdict["passed"] and verdict["enforced"] and verdict["floors"] == "synthetic"
+    assert [c["threshold"] for c in verdict["checks"]] == [0.9, 0.6, 0.9]
+    assert "gate.synthetic_floors" in verdict_markdown(verdict)
+    real = decide({**lenient_enough, "data": {**lenient_enough["data"], "synthetic": False}}, cfg)
+    assert not real["passed"] and real["floors"] == "real"
+    with pytest.raises(UserError, match="gate.synthetic_floors"):
+        GateConfig.from_params({"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.0,
+                                "synthetic_floors": {"min_recall": 0.9}})
+
+
+def test_the_default_gate_fails_a_broken_synthetic_default():
+    """The repo's own params.yaml: a model at chance on the synthetic test split (what the
+    offline default trained before it could learn) is refused, and a working one passes."""
+    from cxr import params
+    from tests.shared_paths import REPO
+
+    cfg = GateConfig.from_params(params.section("gate", REPO / "params.yaml"))
+    assert cfg.on_synthetic == "enforce"
+    broken = decide(metrics(auc=0.5, recall=1.0, spec=0.0, synthetic=True), cfg)
+    assert not broken["passed"] and broken["enforced"]
+    assert failed(broken) == ["ROC AUC", "specificity at threshold"]
+    floors = cfg.floors(synthetic=True)
+    working = metrics(auc=floors["min_roc_auc"], recall=floors["min_recall"], spec=floors["min_specificity"],
+                      synthetic=True)
+    assert decide(working, cfg)["passed"]
 
 
 def test_missing_metrics_and_bad_params_are_user_errors():

@@ -21,7 +21,8 @@ def metrics(**extra):
 
 
 def card(m, summary=None):
-    summary = {"imaging": {"image_size": 224, "intensity": "none"}} if summary is None else summary
+    summary = {"imaging": {"image_size": 224, "intensity": "none"},
+               "architecture": {"backbone": "small_cnn", "description": "a small CNN"}} if summary is None else summary
     return model_card(metrics=m, params={}, source={"source": "x"}, train_summary=summary, parity_checks=[], files={})
 
 
@@ -42,3 +43,11 @@ def test_card_records_the_threshold_method_and_the_proxy():
 def test_card_refuses_a_train_summary_without_its_imaging_record():
     with pytest.raises(UserError, match="imaging"):
         card(metrics(), summary={"weights": None})
+
+
+def test_card_names_the_architecture_training_recorded():
+    c = card(metrics())
+    assert c["model"]["backbone"]["backbone"] == "small_cnn" and c["name"] == "cxr-pneumonia-smallcnn"
+    assert c["model"]["architecture"].startswith("a small CNN")
+    with pytest.raises(UserError, match="architecture"):
+        card(metrics(), summary={"imaging": {"image_size": 224, "intensity": "none"}})

@@ -54,26 +54,74 @@ def test_platt_scaling_recovers_a_known_slope():
     assert scale == pytest.approx(0.5, abs=0.05) and bias == pytest.approx(-1.0, abs=0.1)
 
 
-def test_from_scratch_training_runs_and_calibrates():
-    from cxr.model import build, predict
-    from cxr.training import train
+def test_from_scratch_training_learns_and_calibrates():
+    from sklearn.metrics import roc_auc_score
+
+    from cxr.model import Architecture, build, predict
+    from cxr.training import FromScratch, train
 
     train_set, val_set = blobs(48, 64, 0), blobs(24, 64, 1)
-    model = build(64, alpha=0.35, dropout=0.1, weights=None)
-    history, facts = train(model, train_set, val_set, cfg(head_epochs=2, fine_tune_epochs=2))
-    assert facts["mode"] == "from_scratch" and history and history[0]["phase"] == "full"
+    model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
+    history, facts = train(model, train_set, val_set, cfg(from_scratch=FromScratch(epochs=6, learning_rate=3e-3)))
+    assert facts["mode"] == "from_scratch" and history and {row["phase"] for row in history} == {"full"}
     assert facts["calibration"]["method"] in ("platt", "none")
     p = predict(model, val_set.images)
     assert p.shape == (24,) and np.all((p >= 0) & (p <= 1))
+    assert roc_auc_score(val_set.labels, p) > 0.9
+
+
+def test_batch_norm_recalibration_sets_the_statistics_of_the_images():
+    """A fresh network's moving statistics (0, 1) describe nothing: after recalibration each
+    batch norm holds the mean and variance of its input over the images given."""
+    import keras
+
+    from cxr.imaging import to_model_input
+    from cxr.model import Architecture, build, recalibrate_batch_norm
+
+    model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
+    images = blobs(40, 64, 3).images
+    assert recalibrate_batch_norm(model, images, batch_size=40) == 4
+    conv = keras.Model(model.input, model.get_layer("block_0_conv").output)
+    acts = np.asarray(conv(to_model_input(images))).reshape(-1, 8)
+    bn = model.get_layer("block_0_bn")
+    assert np.allclose(np.asarray(bn.moving_mean), acts.mean(0), rtol=1e-3, atol=1e-3)
+    assert np.allclose(np.asarray(bn.moving_variance), acts.var(0), rtol=1e-2, atol=1e-3)
+    assert bn.momentum == 0.99 and bn.trainable  # what it was before
+
+
+def test_a_network_that_outputs_a_constant_fails_training():
+    from cxr import UserError
+    from cxr.model import Architecture, build
+    from cxr.training import FromScratch, train
+
+    model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
+    kernel, bias = model.get_layer("logit").get_weights()
+    model.get_layer("logit").set_weights([np.zeros_like(kernel), bias])  # and a zero learning rate keeps it so
+    with pytest.raises(UserError, match="outputs a constant"):
+        train(model, blobs(24, 64, 0), blobs(12, 64, 1), cfg(from_scratch=FromScratch(epochs=1, learning_rate=0.0)))
+
+
+def test_from_scratch_architecture_comes_from_its_own_params():
+    from cxr import UserError
+    from cxr.model import Architecture
+
+    model = {"alpha": 1.0, "dropout": 0.2, "from_scratch": {"backbone": "small_cnn", "width": 12}}
+    assert Architecture.from_params(model, from_scratch=False) == Architecture(alpha=1.0, dropout=0.2)
+    scratch = Architecture.from_params(model, from_scratch=True)
+    assert scratch.backbone == "small_cnn" and scratch.width == 12 and scratch.dropout == 0.2
+    with pytest.raises(UserError, match="model.from_scratch.backbone"):
+        Architecture.from_params({**model, "from_scratch": {"backbone": "resnet"}}, from_scratch=True)
+    with pytest.raises(UserError, match="unknown 'model.from_scratch' keys"):
+        Architecture.from_params({**model, "from_scratch": {"depth": 3}}, from_scratch=True)
 
 
 @needs_weights
 def test_cached_backbone_training_learns_and_full_model_matches_top():
-    from cxr.model import build, predict
+    from cxr.model import Architecture, build, predict
     from cxr.training import train
 
     train_set, val_set = blobs(64, 224, 0), blobs(32, 224, 1)
-    model = build(224, alpha=1.0, dropout=0.1, weights=str(WEIGHTS))
+    model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))
     history, facts = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
     assert facts["mode"] == "cached_backbone"
     assert facts["cached_activation_shape"][:2] == [64, 2]

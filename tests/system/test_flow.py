@@ -70,7 +70,8 @@ def prefect_api(tmp_path_factory):
 def project(tmp_path_factory):
     root = copy_repo(tmp_path_factory.mktemp("flowproject"), {
         **TINY, "gate.min_recall": "0.0", "gate.min_specificity": "0.0", "gate.min_roc_auc": "0.0",
-        "gate.max_regression": "0.5", "gate.on_synthetic": "enforce"})
+        "gate.max_regression": "0.5", "gate.on_synthetic": "enforce",
+        "gate.synthetic_floors": "{min_recall: 0.0, min_specificity: 0.0, min_roc_auc: 0.0}"})
     return root
 
 

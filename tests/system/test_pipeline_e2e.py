@@ -1,7 +1,10 @@
-"""End to end: `dvc repro` of all six stages on a tiny synthetic set, in a copy of the repo.
+"""End to end: `dvc repro` of all six stages on the built-in default, in a copy of the repo.
 
-Also the reproducibility promises: a second `dvc repro` runs nothing, changing one param
-reruns only the stages that read it, `dvc metrics diff` and `dvc plots show` work.
+What a fresh clone's `make run` trains: the default must learn the synthetic set (held-out
+test patients) and its heatmaps must point at the drawn lesions. Also the reproducibility
+promises: a second `dvc repro` runs nothing, changing one param reruns only the stages that
+read it, editing a core module reruns the stages importing it, `dvc metrics diff` and
+`dvc plots show` work.
 """
 
 import json
@@ -12,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.shared_paths import REPO
@@ -19,9 +23,11 @@ from tests.shared_paths import REPO
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).parent / "dvc")
 
+# The settings other system tests (the Prefect flow) use for speed.
 TINY = {
     "download.synthetic.patients": "{NORMAL: 14, PNEUMONIA: 18}",
     "download.synthetic.images_per_patient": "[1, 2]",
+    "download.synthetic.test_patients": "{NORMAL: 5, PNEUMONIA: 6}",
     "download.synthetic.size": "96",
     "validate.min_per_class": "5",
     "split.val_fraction": "0.25",
@@ -31,8 +37,13 @@ TINY = {
     "train.batch_size": "16",
     "train.head_epochs": "2",
     "train.fine_tune_epochs": "2",
+    "train.from_scratch.epochs": "3",
     "export.parity_images": "16",
 }
+# The default's promise (issue 13): ROC AUC on the synthetic test split, and the share of a
+# correctly flagged PNEUMONIA image's heatmap that falls inside the drawn lesion.
+DEFAULT_MIN_TEST_AUC = 0.95
+MIN_HEATMAP_IN_LESION = 0.4
 
 
 def run(cmd, cwd, **kw):
@@ -62,7 +73,7 @@ def copy_repo(root: Path, param_values: dict[str, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    return copy_repo(tmp_path_factory.mktemp("project"), TINY)
+    return copy_repo(tmp_path_factory.mktemp("project"), {})
 
 
 def test_full_repro_then_noop_then_one_param(project):
@@ -78,6 +89,8 @@ def test_full_repro_then_noop_then_one_param(project):
     assert "not a diagnosis" in card["intended_use"]
     assert card["parity"][0]["passed"] is True
     metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["data"]["test_split"].startswith("source test/")  # held-out synthetic patients
+    assert metrics["test"]["roc_auc"] >= DEFAULT_MIN_TEST_AUC, metrics["test"]
     assert metrics["proxy"]["variant"] == "normal_as_pneumonia" and "swapped" in metrics["counterfactual"]
     assert set(metrics["threshold_alternatives"]) == {"val", "val+counterfactual"}
     assert metrics["threshold"] == metrics["threshold_alternatives"][metrics["threshold_chosen_on"]]["threshold"]
@@ -113,6 +126,36 @@ def test_full_repro_then_noop_then_one_param(project):
     html = (project / "plots_html" / "index.html").read_text()
     for title in ("ROC", "Precision-recall", "Confusion matrix", "Training curves"):
         assert title in html
+
+
+def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
+    """The served explanation (the exported TFLite file's activation map) of each correctly
+    flagged synthetic PNEUMONIA test image, against the lesion the generator drew there."""
+    from PIL import Image
+
+    from cxr import params
+    from cxr.imaging import ImagingConfig, preprocess_bytes
+    from cxr.runtime import TFLiteModel
+    from cxr.sources.synthetic import lesions
+
+    card = json.loads((project / "models/export/model_card.json").read_text())
+    imaging, threshold = ImagingConfig(**card["model"]["imaging"]), card["decision_threshold"]
+    model = TFLiteModel(project / "models/export/model.tflite")
+    masks = lesions(params.section("download", project / "params.yaml")["synthetic"])
+    inside, lesion_area = [], []
+    for name, mask in masks.items():
+        image = preprocess_bytes((project / "data/raw/images/test/PNEUMONIA" / name).read_bytes(), imaging)
+        heat, probability = model.explain(image)
+        if probability < threshold:
+            continue
+        mask = np.asarray(Image.fromarray(mask).resize(heat.shape[::-1], Image.Resampling.NEAREST))
+        inside.append(float((heat * mask).sum() / heat.sum()))
+        lesion_area.append(float(mask.mean()))
+    share, area = float(np.mean(inside)), float(np.mean(lesion_area))
+    print(f"heatmap mass inside the drawn lesion: mean {share:.3f} over {len(inside)} of {len(masks)} "
+          f"PNEUMONIA test images flagged (the lesions cover {area:.3f} of an image)")
+    assert len(inside) >= 0.8 * len(masks)
+    assert share >= MIN_HEATMAP_IN_LESION and share > 2 * area
 
 
 def test_bad_param_stops_the_stage_with_a_message(project):
