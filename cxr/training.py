@@ -50,9 +50,9 @@ class FromScratch:
     """The schedule with ``weights: none``: one phase over the whole network, the learning
     rate decayed to zero along a cosine."""
 
-    epochs: int = 20
+    epochs: int = 30
     learning_rate: float = 0.003
-    early_stopping_patience: int = 6
+    early_stopping_patience: int = 10
 
     @classmethod
     def from_params(cls, cfg) -> "FromScratch":
@@ -438,7 +438,7 @@ def _fit_from_scratch(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         else:
             stale += 1
             if stale >= sched.early_stopping_patience:
-                log.info("early stopping: val AUC has not improved for %d epochs", stale)
+                log.info("early stopping: val AUC (then loss) has not improved for %d epochs", stale)
                 break
     if best is not None:
         model.set_weights(best)  # batch-norm statistics are weights too: the best epoch's come back

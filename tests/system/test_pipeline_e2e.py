@@ -64,8 +64,9 @@ def copy_repo(root: Path, param_values: dict[str, str]) -> Path:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
     run(["git", "init", "-q"], root)
-    run([sys.executable, "-m", "cxr.params", "set", *[f"{k}={v}" for k, v in param_values.items()]],
-        root).check_returncode()
+    if param_values:
+        run([sys.executable, "-m", "cxr.params", "set", *[f"{k}={v}" for k, v in param_values.items()]],
+            root).check_returncode()
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"], root).check_returncode()
     return root
