@@ -269,12 +269,32 @@ def _early_stopping(patience: int):
     )
 
 
+def separable(logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Every PNEUMONIA logit above every NORMAL one: the maximum-likelihood Platt slope is infinite."""
+    labels = np.asarray(labels)
+    return bool(labels.any() and (~labels.astype(bool)).any()
+                and logits[labels == 1].min() > logits[labels == 0].max())
+
+
 def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(scale, bias) with ``sigmoid(scale * logit + bias)`` calibrated on validation."""
+    """(scale, bias) with ``sigmoid(scale * logit + bias)`` calibrated on validation.
+
+    On a separable validation split the fit uses Platt's (1999) targets, (N+ + 1) / (N+ + 2)
+    and 1 / (N- + 2) instead of 1 and 0: the plain fit's slope grows without bound and every
+    probability would read 0 or 1."""
     from sklearn.linear_model import LogisticRegression
 
+    x = logits.reshape(-1, 1).astype(np.float64)
+    labels = np.asarray(labels).astype(int)
     lr = LogisticRegression(C=1e4, max_iter=1000)
-    lr.fit(logits.reshape(-1, 1).astype(np.float64), labels)
+    if separable(logits, labels):
+        pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
+        target = np.where(labels == 1, (pos + 1) / (pos + 2), 1 / (neg + 2))
+        # soft targets as two weighted copies of each point
+        lr.fit(np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))],
+               sample_weight=np.r_[target, 1 - target])
+    else:
+        lr.fit(x, labels)
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
@@ -371,7 +391,9 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     scale, bias = platt_scaling(val_logits, val.labels)
     if scale > 0:
         fold_calibration(model, scale, bias)
-        facts["calibration"] = {"method": "platt", "scale": scale, "bias": bias, "fitted_on": "val"}
+        facts["calibration"] = {"method": "platt", "scale": scale, "bias": bias, "fitted_on": "val",
+                                "targets": "platt-1999 (validation separable)" if separable(val_logits, val.labels)
+                                else "labels"}
     else:
         log.warning("Platt scaling gave a non-positive slope (%.3f): calibration skipped", scale)
         facts["calibration"] = {"method": "none", "reason": f"non-positive slope {scale:.3f}"}

@@ -147,3 +147,14 @@ def test_bad_train_params_are_reported():
         TrainConfig.from_params({**good, "augment": {"flip": True}})
     with pytest.raises(UserError, match="head_epochs"):
         TrainConfig.from_params({**good, "head_epochs": 0, "fine_tune_epochs": 0})
+
+
+def test_platt_scaling_stays_finite_on_a_separable_validation_split():
+    """Perfectly separated logits: the plain fit's slope runs away (probabilities 0 and 1);
+    Platt's targets keep the extremes at about 1 / (N + 2) from 0 and 1."""
+    logits = np.r_[np.linspace(-3, -1, 20), np.linspace(1, 3, 30)]
+    labels = np.r_[np.zeros(20, int), np.ones(30, int)]
+    scale, bias = platt_scaling(logits, labels)
+    p = 1 / (1 + np.exp(-(scale * logits + bias)))
+    assert 0 < scale < 20
+    assert 1e-3 < p.min() < 0.1 and 0.9 < p.max() < 1 - 1e-3
