@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 
 from cxr import UserError, serving
 from cxr.asgi import MAX_CONNECTIONS, BodyLimit
+from cxr.openapi import OpenAPIContract
 from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
 log = logging.getLogger("cxr.service")
@@ -178,6 +179,7 @@ class CXRScreening:
 
 
 CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
+CXRScreening.add_asgi_middleware(OpenAPIContract)  # /docs.json says what the service really does
 
 
 # ------------------------------------------------------------------ /predict_raw
