@@ -131,6 +131,7 @@ class CXRScreening:
         stored = bentoml.models.get(MODEL_TAG)
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
         self.url_policy = serving.UrlPolicy.from_env()
+        self.explain_lane = serving.BackgroundLane("cxr-explain")
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
                  f"allowed for {list(self.url_policy.allowlist)}" if self.url_policy.allowlist else "off")
@@ -165,10 +166,13 @@ class CXRScreening:
             return _error(exc)
 
     @bentoml.api
-    def explain(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
-        """The prediction plus a Grad-CAM heatmap over the preprocessed image (base64 PNG)."""
+    async def explain(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
+        """The prediction plus a Grad-CAM heatmap over the preprocessed image (base64 PNG).
+
+        Computed in the background lane (one low-priority thread per worker), so explanations
+        queue behind each other, not in front of /predict."""
         try:
-            return serving.explanation(self.model, self._image(image, url))
+            return await self.explain_lane.run(lambda: serving.explanation(self.model, self._image(image, url)))
         except serving.RequestError as exc:
             return _error(exc)
 

@@ -258,6 +258,9 @@ class ServedModel:
 
         self._tflite = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
         self._tflite_lock = threading.Lock()
+        # Explanations get their own interpreter: a /predict never waits for one to finish.
+        self._explainer = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
+        self._explainer_lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path, tag: str | None = None, tflite_threads: int | None = None) -> "ServedModel":
@@ -290,8 +293,8 @@ class ServedModel:
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Heatmap in [0, 1] (Grad-CAM at out_relu, as the class activation map) and the
         probability, from one LiteRT forward pass, for one uint8 ``[S, S]`` image."""
-        with self._tflite_lock:
-            return self._tflite.explain(image)
+        with self._explainer_lock:
+            return self._explainer.explain(image)
 
     # -- answers
     def answer(self, probability: float) -> dict:
@@ -372,6 +375,31 @@ def heatmap_png(image: np.ndarray, cam: np.ndarray, *, display_size: int | None 
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=False)
     return buf.getvalue()
+
+
+class BackgroundLane:
+    """One thread at the lowest CPU priority (nice 19) for work that must not slow the screening
+    path: with 2 cores busy explaining, the kernel still gives ``/predict`` its CPU first.
+    Callers await :meth:`run`; waiting work holds no API thread."""
+
+    NICE = 19
+
+    def __init__(self, name: str = "cxr-background"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._lower_priority)
+
+    @classmethod
+    def _lower_priority(cls) -> None:
+        try:  # Linux: a thread's niceness is its own (the native thread id is a process id here)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), cls.NICE)
+        except (AttributeError, OSError) as exc:  # other systems: same order of work, no priority
+            log.info("background lane keeps normal priority (%s)", exc)
+
+    async def run(self, fn, *args):
+        import asyncio
+
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
 
 def explanation(model: ServedModel, image: np.ndarray) -> dict:

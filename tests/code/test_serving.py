@@ -227,3 +227,33 @@ def test_local_details_are_cut_from_what_clients_see(text, shown):
     from cxr.serving import without_local_details
 
     assert without_local_details({"a": [text, 3, None]}) == {"a": [shown, 3, None]}
+
+
+def test_background_lane_runs_work_at_the_lowest_priority_and_passes_errors_back():
+    """/explain's lane: one thread, nice 19 on Linux, results and exceptions awaited by the caller."""
+    import asyncio
+    import os
+    import sys
+    import threading
+
+    from cxr import serving
+
+    lane = serving.BackgroundLane("test-lane")
+
+    def niceness():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.current_thread().name
+
+    def fails():
+        raise serving.RequestError("bad image", 415)
+
+    async def main():
+        got = await lane.run(niceness)
+        with pytest.raises(serving.RequestError, match="bad image"):
+            await lane.run(fails)
+        return got
+
+    nice, name = asyncio.run(main())
+    assert name.startswith("test-lane")
+    if sys.platform.startswith("linux"):
+        assert nice == serving.BackgroundLane.NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != serving.BackgroundLane.NICE  # caller untouched
