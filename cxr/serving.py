@@ -412,7 +412,8 @@ def explanation(model: ServedModel, image: np.ndarray) -> dict:
         "heatmap": {"method": "Grad-CAM (class activation map)", "layer": "out_relu",
                     # all zero: no region pushed the score towards PNEUMONIA (common for NORMAL answers)
                     "empty": bool(np.max(cam) <= 0),
-                    "shows": "the preprocessed image the model saw (grayscale, squashed, equalised)"},
+                    "shows": "the preprocessed image the model saw (grayscale, squashed to "
+                             f"{model.imaging.image_size} px, intensity {model.imaging.intensity})"},
     }
 
 
