@@ -25,7 +25,7 @@ from typing import Optional
 import bentoml
 from starlette.responses import JSONResponse
 
-from cxr import UserError, serving
+from cxr import UserError, bentoml_patches, serving
 from cxr.asgi import MAX_CONNECTIONS, BodyLimit
 from cxr.openapi import OpenAPIContract
 from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
@@ -67,43 +67,7 @@ except UserError as exc:  # fail fast, with the reason, before any worker starts
 
 # ------------------------------------------------------------------ protocol-level safety
 
-
-def _refuse_url_fields():
-    """BentoML fetches any URL a client puts in a file form field; this service never does.
-
-    (Fetching by URL is the JSON ``url`` field's job, behind the host allowlist.)"""
-    from _bentoml_impl import serde
-    from starlette.datastructures import UploadFile
-
-    async def ensure_file(obj):
-        if isinstance(obj, UploadFile):
-            return obj
-        raise bentoml.exceptions.BadInput(
-            "file fields must carry an uploaded file; this server never fetches a URL or reads a path given "
-            "there (use the JSON field 'url', if the operator enabled it)")
-
-    serde.MultipartSerde.ensure_file = staticmethod(ensure_file)
-
-    # BentoML turns an unexpected form part (e.g. a binary file under an unknown field name,
-    # which it tries to JSON-decode) or a malformed multipart body into a 500: make it a 400.
-    original_parse = serde.MultipartSerde.parse_request
-
-    async def parse_request(self, request, cls):
-        from pydantic import ValidationError
-
-        try:
-            return await original_parse(self, request, cls)
-        except (bentoml.exceptions.BentoMLException, ValidationError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's malformed body
-            raise bentoml.exceptions.BadInput(
-                f"malformed multipart form ({type(exc).__name__}): send the X-ray as the file field 'image' "
-                "('images' for /predict_batch)") from None
-
-    serde.MultipartSerde.parse_request = parse_request
-
-
-_refuse_url_fields()
+bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/bentoml_patches.py)
 
 
 def _error(exc: serving.RequestError) -> JSONResponse:
