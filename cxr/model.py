@@ -91,11 +91,12 @@ class Architecture:
         unknown = set(merged) - set(cls.__dataclass_fields__) - {"from_scratch"}
         if unknown:
             raise UserError(f"params.yaml: unknown '{where}' keys {sorted(unknown)}")
+        merged = {"backbone": "mobilenet_v2", "width": cls.width, "downsample": cls.downsample, **merged}
         out = cls(
-            backbone=str(merged.get("backbone", "mobilenet_v2")),
+            backbone=params.require(merged, "backbone", str, where),
             alpha=params.require(merged, "alpha", float, "model"),
-            width=int(merged.get("width", cls.width)),
-            downsample=int(merged.get("downsample", cls.downsample)),
+            width=params.require(merged, "width", int, where),
+            downsample=params.require(merged, "downsample", int, where),
             dropout=params.in_range(params.require(merged, "dropout", float, "model"), 0.0, 0.9, "model.dropout"),
         )
         if out.backbone not in BACKBONES:
