@@ -110,7 +110,8 @@ def describe_model(path: Path) -> str:
         return "no model card"
     model = card.get("model") or {}
     imaging = model.get("imaging") or {}
-    backbone = model.get("backbone") or {"backbone": "mobilenet_v2", "alpha": (card.get("params") or {}).get("model", {}).get("alpha")}
+    legacy = {"backbone": "mobilenet_v2", "alpha": ((card.get("params") or {}).get("model") or {}).get("alpha")}
+    backbone = model.get("backbone") or legacy  # cards from before the architecture was recorded
     weights = model.get("weights_init")
     syn = (card.get("data") or {}).get("synthetic")
     note = (f"{model.get('architecture', backbone)}, {imaging.get('image_size')} px, weights_init {str(weights)[:20]}, "

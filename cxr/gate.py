@@ -48,7 +48,8 @@ class GateConfig:
         floors = cfg.get("synthetic_floors")
         if floors is not None:
             if not isinstance(floors, dict) or set(floors) != set(FLOORS):
-                raise UserError(f"params.yaml: 'gate.synthetic_floors' must give exactly {list(FLOORS)}, got {floors!r}")
+                raise UserError(f"params.yaml: 'gate.synthetic_floors' must give exactly {list(FLOORS)}, "
+                                f"got {floors!r}")
             floors = {k: params.in_range(params.require(floors, k, float, "gate.synthetic_floors"), 0.0, 1.0,
                                          f"gate.synthetic_floors.{k}") for k in FLOORS}
         out = cls(
