@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from bench.report import fmt_bytes, fmt_ratio, load_note, promoted_store_dir, render_table, wait_quiet  # noqa: E402
+from cxr import layout  # noqa: E402
 
 ORIGINALS = REPO.parent / "shared" / "data" / "originals"
 BASELINE = "keras model.predict (seed)"  # the speed ratios' 1.00x
@@ -81,8 +82,9 @@ def locate(a) -> tuple[Path, str]:
     found = None if a.local else promoted_dir()
     if found:
         return found
-    if (REPO / "models" / "export" / "model.tflite").is_file():
-        return REPO / "models" / "export", "models/export"
+    export_dir = layout.path("export", "out", REPO)
+    if (export_dir / "model.tflite").is_file():
+        return export_dir, str(export_dir.relative_to(REPO))
     raise SystemExit("no export: promote a model (make real), run the pipeline (dvc repro export) or pass --export-dir")
 
 

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import fmt_ratio, load_note, promoted_store_dir, render_table, verdict, wait_quiet  # noqa: E402
+from cxr import layout  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 REAL_DATA = SHARED / "data" / "chest_xray_224"
@@ -114,9 +115,9 @@ def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
         noops.append(time.perf_counter() - t0)
         if RUNNING.search(out.stdout):
             print("  warning: the second dvc repro ran a stage: not a no-op:\n" + out.stdout[-500:])
-    metrics = json.loads((repo / "metrics.json").read_text())
-    train_summary = json.loads((repo / "reports/train/summary.json").read_text())
-    split = json.loads((repo / "reports/split.json").read_text())
+    metrics = json.loads(layout.path("evaluate", "metrics", repo).read_text())
+    train_summary = json.loads(layout.path("evaluate", "train_summary", repo).read_text())
+    split = json.loads(layout.path("split", "summary", repo).read_text())
     return {"stages": stages, "total_s": total, "noop_s": noops, "metrics": metrics,
             "train_timings": train_summary.get("timings_s"), "split": split}
 

@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def pipeline_probabilities(project: Path, names: list[str]) -> dict[str, tuple[float, str]]:
     """name -> (probability, where it came from) for every original found in the run."""
+    from cxr import layout
+
     rows = {}
-    preds = project / "reports/predictions.csv"
+    preds = layout.path("evaluate", "predictions", project)
     if preds.exists():
         with open(preds, newline="") as fh:
             for r in csv.DictReader(fh):
@@ -37,9 +39,9 @@ def pipeline_probabilities(project: Path, names: list[str]) -> dict[str, tuple[f
         from cxr.dataset import load_split
         from cxr.model import predict
 
-        model = keras.saving.load_model(project / "models/model.keras")
+        model = keras.saving.load_model(layout.path("evaluate", "model", project))
         for split in ("train", "val", "test"):
-            data = load_split(project / "data/prepared", split)
+            data = load_split(layout.path("evaluate", "prepared", project), split)
             index = {Path(str(p)).name: i for i, p in enumerate(data.paths)}
             hits = [n for n in missing if n in index]
             if hits:

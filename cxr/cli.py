@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from cxr import UserError
@@ -18,6 +20,16 @@ def setup_logging() -> None:
         stream=sys.stderr,
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def paths(argv: list[str] | None, stage: str, **names: str) -> argparse.Namespace:
+    """A stage's inputs and outputs from its command line (``--name PATH``, each required), so that
+    ``dvc.yaml``'s ``cmd`` is the one place paths live. ``names``: option -> what it is."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    for name, what in names.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, metavar="PATH",
+                            help=what)
+    return parser.parse_args(argv)
 
 
 def run(main: Callable[[], None], name: str) -> None:

@@ -17,6 +17,7 @@ from cxr.io import read_csv, write_csv
 
 MANIFEST_NAME = "manifest.csv"
 IMAGES_DIR = "images"
+SOURCE_INFO = "source.json"  # what the download stage records of the source, beside the manifest
 COLUMNS = ["path", "label", "source_split", "patient_id", "subtype", "sha256", "bytes"]
 SOURCE_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")

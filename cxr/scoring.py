@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr import UserError
+from cxr import layout
 from cxr.dataset import load_split
 from cxr.imaging import ImagingConfig, preprocess_bytes
 from cxr.io import file_digests
@@ -30,8 +31,8 @@ def score_export(model_dir: Path, project: Path, batch_size: int = 32) -> dict:
     card = json.loads(card_path.read_text())
     imaging = ImagingConfig.from_params((card.get("model") or {}).get("imaging") or {})
     threshold = float(card["decision_threshold"])
-    test = load_split(project / "data/prepared", "test")
-    raw = project / "data/raw"
+    test = load_split(layout.path("evaluate", "prepared", project), "test")
+    raw = layout.path("evaluate", "raw", project)
     model = TFLiteModel(model_dir / "model.tflite")
     scores = []
     for start in range(0, len(test), batch_size):

@@ -53,6 +53,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
+from cxr import layout  # noqa: E402
 from pipelines import reports  # noqa: E402
 
 
@@ -116,8 +117,8 @@ def _read_json(path: Path) -> dict:
 @task(name="publish-validation", cache_policy=NO_CACHE)
 def publish_validation(project: str) -> dict:
     root = Path(project)
-    summary = _read_json(root / "reports/validation_summary.json")
-    docs = root / "reports/validation/data_docs/index.html"
+    summary = _read_json(layout.path("validate", "summary", root))
+    docs = layout.path("validate", "reports", root) / "data_docs" / "index.html"
     create_markdown_artifact(key="cxr-validation", description="Great Expectations summary of the raw data set",
                              markdown=reports.validation_markdown(summary, docs.resolve() if docs.exists() else None))
     return summary
@@ -126,7 +127,7 @@ def publish_validation(project: str) -> dict:
 @task(name="publish-metrics", cache_policy=NO_CACHE)
 def publish_metrics(project: str) -> dict:
     root = Path(project)
-    metrics = _read_json(root / "metrics.json")
+    metrics = _read_json(layout.path("evaluate", "metrics", root))
     data = metrics.get("data") or {}
     create_table_artifact(key="cxr-metrics", table=reports.metrics_table(metrics),
                           description=f"Test metrics ({data.get('test_split')}; "
@@ -166,7 +167,7 @@ def gate(metrics: dict, project: str, scored: list[dict], champion_tag: str | No
 def promote(project: str, verdict: dict) -> str:
     from cxr import registry
 
-    tag = registry.promote(Path(project) / "models/export", verdict)
+    tag = registry.promote(layout.path("export", "out", project), verdict)
     create_markdown_artifact(
         key="cxr-promotion",
         markdown=f"# Promoted `{tag}`\n\n{verdict['reason']}\n\nBentoML store: `{registry.bentoml_home()}`; "
@@ -196,7 +197,7 @@ def pipeline(project: str = ".", promote_model: bool = True):
     create_table_artifact(key="cxr-stage-timings", table=timings, description="dvc repro per stage (ran or cached)")
 
     champion_tag = registry.promoted_tag()
-    candidates = [("challenger", str(Path(project) / "models/export"))]
+    candidates = [("challenger", str(layout.path("export", "out", project)))]
     if champion_tag:
         try:
             candidates.append(("champion", str(registry.promoted().path)))

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING
-
-PLOT_FILES = ("reports/plots/roc.json", "reports/plots/pr.json", "reports/plots/confusion.csv",
-              "reports/train/history.csv")
+from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, layout
 
 
 def metrics_table(metrics: dict) -> list[dict]:
@@ -74,7 +71,6 @@ def validation_markdown(summary: dict, docs_index: Path | None) -> str:
 def plots_markdown(project: Path) -> str:
     lines = ["# Plots of this run", "",
              "Render them with `dvc plots show` (or `dvc plots diff HEAD~1` against a commit):", ""]
-    for rel in PLOT_FILES:
-        path = project / rel
+    for path in layout.plot_files(project):
         lines.append(f"- `{path}`" + ("" if path.exists() else " (missing)"))
     return "\n".join(lines) + "\n"

@@ -21,14 +21,12 @@ from pathlib import Path
 
 from cxr import SYNTHETIC_WARNING, UserError, cli, params
 from cxr.io import atomic_path, sha256_bytes, write_json
-from cxr.manifest import IMAGES_DIR, SOURCE_SPLITS, parse_name, write_manifest
+from cxr.manifest import IMAGES_DIR, SOURCE_INFO, SOURCE_SPLITS, parse_name, write_manifest
 from cxr.sources import PIN_INFO, Fetched, dataset_hash, describe, fetch
 from cxr.sources.folder import Layout, scan
 
 log = logging.getLogger("download")
 
-RAW_DIR = Path("data/raw")
-SOURCE_INFO = "source.json"
 
 
 def copy_layout(layout: Layout, root: Path, sub: str = IMAGES_DIR) -> list[dict]:
@@ -84,7 +82,7 @@ def _log_counts(what: str, rows: list[dict], fetched: Fetched) -> None:
         log.warning("%s", SYNTHETIC_WARNING)
 
 
-def materialise(source: str, cfg: dict, out: Path = RAW_DIR) -> dict:
+def materialise(source: str, cfg: dict, out: Path) -> dict:
     """Build ``out`` (raw format) from ``source``; returns the source facts written."""
     with tempfile.TemporaryDirectory(prefix="cxr-download-") as scratch:
         fetched = fetch(source, cfg, Path(scratch))
@@ -124,13 +122,16 @@ def pin_ref(pinned: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.download", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, metavar="PATH", help="the data set folder to write (data/raw)")
     parser.add_argument("--pin", metavar="SRC", help="copy SRC into download.pinned_dir instead")
     args = parser.parse_args(argv)
     cfg = params.section("download")
     if args.pin:
         pin(args.pin, cfg)
+    elif args.out is None:
+        parser.error("--out PATH is required (the folder to write; dvc.yaml passes data/raw)")
     else:
-        materialise(params.require(cfg, "source", str, "download"), cfg)
+        materialise(params.require(cfg, "source", str, "download"), cfg, args.out)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,19 @@ from cxr.acquisition import ClassAcquisition
 from cxr.dataset import load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import write_csv, write_json
+from cxr.manifest import SOURCE_INFO
 from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
 
 log = logging.getLogger("evaluate")
-PREPARED = Path("data/prepared")
-MODEL = Path("models/model.keras")
-PLOTS = Path("reports/plots")
-SOURCE = Path("data/raw/source.json")
-RAW = Path("data/raw")
 THRESHOLD_ON = ("val", "val+counterfactual")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = cli.paths(argv, "evaluate", model="the trained model", prepared="the prepared splits",
+                  raw="the downloaded data set (re-acquired and stressed test images)",
+                  train_summary="the train stage's summary.json (the imaging record)",
+                  metrics="the metrics.json to write", plots="the plots folder to write",
+                  predictions="the predictions CSV to write")
     cfg = params.section("evaluate")
     target_recall = params.require(cfg, "target_recall", float, "evaluate")
     points = params.require(cfg, "plot_points", int, "evaluate")
@@ -49,9 +50,9 @@ def main() -> None:
 
     from cxr.model import predict
 
-    model = keras.saving.load_model(MODEL)
-    imaging = trained_imaging()
-    val, test = load_split(PREPARED, "val"), load_split(PREPARED, "test")
+    model = keras.saving.load_model(p.model)
+    imaging = trained_imaging(p.train_summary)
+    val, test = load_split(p.prepared, "val"), load_split(p.prepared, "test")
     val_scores = predict(model, val.images)
     test_scores = predict(model, test.images)
     score = lambda x: predict(model, x)  # noqa: E731
@@ -60,11 +61,12 @@ def main() -> None:
     if threshold_on == "val+counterfactual" or run_counterfactual:
         from cxr.robustness import counterfactual_view
 
-        shifted = score(counterfactual_view(RAW, val.paths, val.labels, facts, imaging))
+        shifted = score(counterfactual_view(p.raw, val.paths, val.labels, facts, imaging))
         thresholds["val+counterfactual"] = choose_threshold(
             np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]), target_recall)
     threshold = thresholds[threshold_on]
-    source = json.loads(SOURCE.read_text()) if SOURCE.exists() else {}
+    source_info = p.raw / SOURCE_INFO
+    source = json.loads(source_info.read_text()) if source_info.exists() else {}
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     metrics = {
         "threshold": round(threshold, 6),
@@ -89,11 +91,11 @@ def main() -> None:
         },
     }
     if stress_images > 0:
-        metrics["stress"] = _stress(model, test, threshold, stress_images, stress_seed, imaging)
+        metrics["stress"] = _stress(model, test, p.raw, threshold, stress_images, stress_seed, imaging)
     if run_counterfactual:
         from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
 
-        variants = counterfactual_scores(RAW, test.paths, test.labels, test_scores, facts, imaging, score)
+        variants = counterfactual_scores(p.raw, test.paths, test.labels, test_scores, facts, imaging, score)
         cf = counterfactual_report(variants, test.labels, test_scores, threshold, facts)
         metrics["counterfactual"] = cf
         # Each way of choosing the threshold, on test and on the proxy: how the choice was made.
@@ -111,25 +113,25 @@ def main() -> None:
         metrics["proxy"] = {"roc_auc": cf[PROXY]["roc_auc"], "recall": cf[PROXY]["recall"],
                             "specificity": cf[PROXY]["specificity"], "variant": PROXY}
     if run_audit:
-        metrics["shortcut_audit"] = _audit(test, test_scores)
+        metrics["shortcut_audit"] = _audit(test, test_scores, p.prepared)
     if originals is not None:
         from cxr.robustness import served_gap
 
-        metrics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals))), threshold, imaging, score)
+        metrics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging, score)
         log.info("served (full-size originals) vs evaluated (224-px copies): %s", metrics["served_vs_copy"])
-    write_json("metrics.json", metrics)
+    write_json(p.metrics, metrics)
 
     test_curves = curves(test.labels, test_scores, points)
-    write_json(PLOTS / "roc.json", test_curves["roc"])
-    write_json(PLOTS / "pr.json", test_curves["pr"])
+    write_json(p.plots / "roc.json", test_curves["roc"])
+    write_json(p.plots / "pr.json", test_curves["pr"])
     predicted = test_scores >= threshold
     write_csv(
-        PLOTS / "confusion.csv",
+        p.plots / "confusion.csv",
         ({"actual": LABELS[int(y)], "predicted": LABELS[int(p)]} for y, p in zip(test.labels, predicted)),
         ["actual", "predicted"],
     )
     write_csv(
-        "reports/predictions.csv",
+        p.predictions,
         (
             {"split": name, "path": path, "label": LABELS[int(y)], "probability": f"{s:.6f}"}
             for name, data, scores in (("val", val, val_scores), ("test", test, test_scores))
@@ -148,9 +150,8 @@ def main() -> None:
         log.warning(SYNTHETIC_WARNING)
 
 
-def trained_imaging() -> ImagingConfig:
+def trained_imaging(summary: Path) -> ImagingConfig:
     """The imaging config the model was trained with, as training recorded it."""
-    summary = Path("reports/train/summary.json")
     if not summary.exists():
         raise UserError(f"{summary} not found: run the train stage first (dvc repro train)")
     recorded = json.loads(summary.read_text()).get("imaging")
@@ -159,13 +160,13 @@ def trained_imaging() -> ImagingConfig:
     return ImagingConfig.from_params(recorded)
 
 
-def _stress(model, test, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:
+def _stress(model, test, raw_dir: Path, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:
     """The acquisition-shift stress test on a stratified sample of the test split."""
     from cxr.model import predict
     from cxr.robustness import stratified_sample, stress_test
 
     idx = stratified_sample(test.labels, n_images, seed)
-    raw = [(RAW / str(test.paths[i])).read_bytes() for i in idx]
+    raw = [(raw_dir / str(test.paths[i])).read_bytes() for i in idx]
     result = stress_test(raw, test.labels[idx], threshold, imaging, lambda x: predict(model, x))
     for name, m in result["perturbations"].items():
         log.info("stress %-20s AUC %s recall %.3f specificity %.3f (%+.3f)", name, m["roc_auc"], m["recall"],
@@ -173,7 +174,7 @@ def _stress(model, test, threshold: float, n_images: int, seed: int, imaging: Im
     return result
 
 
-def _audit(test, test_scores: np.ndarray) -> dict:
+def _audit(test, test_scores: np.ndarray, prepared: Path) -> dict:
     """The shortcut audit per split, the train-fitted shortcut on test, and whether the
     model's test scores follow it within each class."""
     from cxr.manifest import parse_name
@@ -182,7 +183,7 @@ def _audit(test, test_scores: np.ndarray) -> dict:
     out = {}
     feats = {}
     for name in ("train", "val", "test"):
-        split = test if name == "test" else load_split(PREPARED, name)
+        split = test if name == "test" else load_split(prepared, name)
         groups = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
         feats[name] = (features(split.images), split.labels)
         out[name] = cross_validated(*feats[name], groups)
@@ -196,20 +197,20 @@ def _audit(test, test_scores: np.ndarray) -> dict:
     return out
 
 
-def _original_pairs(originals: Path) -> list[tuple[int, bytes, bytes]]:
-    """(label, original, the data set's copy) for every original whose copy is in data/raw."""
+def _original_pairs(originals: Path, raw: Path) -> list[tuple[int, bytes, bytes]]:
+    """(label, original, the data set's copy) for every original whose copy is in ``raw``."""
     from cxr.manifest import read_manifest
 
-    by_name = {(r["label"], Path(r["path"]).name): r["path"] for r in read_manifest(RAW)}
+    by_name = {(r["label"], Path(r["path"]).name): r["path"] for r in read_manifest(raw)}
     pairs = []
     for label_i, label in enumerate(LABELS):
         for path in sorted((originals / label).glob("*")):
             rel = by_name.get((label, path.name))
             if rel is not None:
-                pairs.append((label_i, path.read_bytes(), (RAW / rel).read_bytes()))
+                pairs.append((label_i, path.read_bytes(), (raw / rel).read_bytes()))
     if not pairs:
         raise UserError(f"evaluate.originals: none of the files in {originals}/{{NORMAL,PNEUMONIA}} has a copy "
-                        "in data/raw (matched by label and file name)")
+                        f"in {raw} (matched by label and file name)")
     return pairs
 
 

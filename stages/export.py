@@ -17,11 +17,12 @@ from cxr.io import atomic_path, write_json, write_text
 from cxr.runtime import TFLiteModel
 
 log = logging.getLogger("export")
-MODEL = Path("models/model.keras")
-OUT = Path("models/export")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = cli.paths(argv, "export", model="the trained model", prepared="the prepared splits (parity images)",
+                  source="the download stage's source.json", metrics="the evaluate stage's metrics.json",
+                  train_summary="the train stage's summary.json", out="the export folder to write")
     cfg = params.section("export")
     tolerance = params.require(cfg, "parity_tolerance", float, "export")
     n_images = params.require(cfg, "parity_images", int, "export")
@@ -29,22 +30,22 @@ def main() -> None:
 
     from cxr.model import predict
 
-    model = keras.saving.load_model(MODEL)
-    val = load_split("data/prepared", "val")
+    model = keras.saving.load_model(p.model)
+    val = load_split(p.prepared, "val")
     sample = val.images[:n_images]
     keras_probs = predict(model, sample)
-    with atomic_path(OUT) as tmp:
+    with atomic_path(p.out) as tmp:
         tmp.mkdir(parents=True)
         files = export_all(model, tmp)
         checks = [parity(keras_probs, TFLiteModel(files["tflite"]).predict(sample), tolerance, "tflite (LiteRT)")]
         reloaded = keras.saving.load_model(files["keras"])
         checks.append(parity(keras_probs, predict(reloaded, sample), tolerance, "keras (reloaded)"))
         card = model_card(
-            metrics=json.loads(Path("metrics.json").read_text()),
+            metrics=json.loads(p.metrics.read_text()),
             params=params.sections(("download", "validate", "split", "imaging", "acquisition", "model", "train",
                                     "evaluate", "export")),
-            source=_read_json("data/raw/source.json"),
-            train_summary=_read_json("reports/train/summary.json"),
+            source=_read_json(p.source),
+            train_summary=_read_json(p.train_summary),
             parity_checks=checks,
             files={k: v.relative_to(tmp) for k, v in files.items()},
         )
@@ -56,9 +57,8 @@ def main() -> None:
         log.warning(card["warning"])
 
 
-def _read_json(path: str) -> dict:
-    p = Path(path)
-    return json.loads(p.read_text()) if p.exists() else {}
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -19,17 +18,16 @@ from cxr.manifest import read_manifest
 from cxr.splitting import SPLITS, assign, check_no_leak, summary
 
 log = logging.getLogger("split")
-RAW = Path("data/raw")
-PREPARED = Path("data/prepared")
-VALIDATION = Path("reports/validation/result.json")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = cli.paths(argv, "split", raw="the downloaded data set", validation="the validate stage's result.json",
+                  out="the prepared splits folder to write", summary="the split summary JSON to write")
     cfg = params.section("split")
     imaging = ImagingConfig.from_params(params.section("imaging"))
-    if VALIDATION.exists() and not json.loads(VALIDATION.read_text()).get("success", False):
-        raise UserError(f"{VALIDATION} records a failed validation: fix the data set first")
-    rows = read_manifest(RAW)
+    if p.validation.exists() and not json.loads(p.validation.read_text()).get("success", False):
+        raise UserError(f"{p.validation} records a failed validation: fix the data set first")
+    rows = read_manifest(p.raw)
     seed = params.require(cfg, "seed", int, "split")
     val_fraction = params.require(cfg, "val_fraction", float, "split")
     test_fraction = params.require(cfg, "test_fraction", float, "split")
@@ -44,14 +42,14 @@ def main() -> None:
                     f"the data set is too small for split.val_fraction={val_fraction}, "
                     f"split.test_fraction={test_fraction}"
                 )
-    with atomic_path(PREPARED) as tmp:
+    with atomic_path(p.out) as tmp:
         tmp.mkdir(parents=True)
         for split in SPLITS:
             chosen = [r for r, s in zip(rows, splits) if s == split]
             rel = [r["path"] for r in chosen]
             log.info("%s: preprocessing %d images (%s)", split, len(rel), imaging.to_dict())
             data = SplitData(
-                images=preprocess_files(RAW, rel, imaging),
+                images=preprocess_files(p.raw, rel, imaging),
                 labels=labels_to_int([r["label"] for r in chosen]),
                 paths=np.array(rel),
             )
@@ -63,7 +61,7 @@ def main() -> None:
             ["path", "label", "patient_id", "sha256", "split"],
         )
     stats["imaging"] = imaging.to_dict()
-    write_json("reports/split.json", stats)
+    write_json(p.summary, stats)
     for split in SPLITS:
         log.info("%-5s %s", split, stats[split])
 

@@ -23,22 +23,20 @@ from cxr.model import Architecture, build, resolve_weights, weights_fingerprint
 from cxr.training import TrainConfig, train
 
 log = logging.getLogger("train")
-PREPARED = Path("data/prepared")
-RAW = Path("data/raw")
-MODEL = Path("models/model.keras")
-REPORTS = Path("reports/train")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = cli.paths(argv, "train", prepared="the prepared splits", raw="the downloaded data set (re-acquired views)",
+                  model="the model file to write", reports="the folder for history.csv and summary.json")
     cfg = TrainConfig.from_params(params.section("train"))
     arch = Architecture.from_params(params.section("model"), from_scratch=cfg.weights is None)
     imaging = ImagingConfig.from_params(params.section("imaging"))
     facts_acq = ClassAcquisition.from_params(params.section("acquisition"))
     weights = resolve_weights(cfg.weights, arch.alpha, imaging.image_size)
-    train_split, val_split = load_split(PREPARED, "train"), load_split(PREPARED, "val")
+    train_split, val_split = load_split(p.prepared, "train"), load_split(p.prepared, "val")
     if train_split.images.shape[1] != imaging.image_size:
-        raise UserError("data/prepared was made with another imaging.image_size: rerun the split stage")
+        raise UserError(f"{p.prepared} was made with another imaging.image_size: rerun the split stage")
     log.info("train %s, val %s, %s, weights=%s", train_split.counts(), val_split.counts(), arch.describe(), weights)
 
     import keras
@@ -51,14 +49,14 @@ def main() -> None:
         from cxr.robustness import acquisition_view
 
         count = cfg.views - 1 if cfg.clean_view else cfg.views
-        view_sources = [acquisition_view(RAW, train_split.paths, train_split.labels, cfg.reacquire, facts_acq, imaging,
+        view_sources = [acquisition_view(p.raw, train_split.paths, train_split.labels, cfg.reacquire, facts_acq, imaging,
                                          seed=cfg.seed + v) for v in range(1, count + 1)]
         log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
     selection = val_split
     if cfg.select_on == "val+counterfactual":
         from cxr.robustness import counterfactual_view
 
-        selection = concat(val_split, counterfactual_view(RAW, val_split.paths, val_split.labels, facts_acq, imaging))
+        selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
     history, facts = train(model, train_split, selection, cfg, view_sources)
     facts["reacquire"] = {**cfg.reacquire.to_dict(), "views": len(view_sources or []), "clean_view": cfg.clean_view}
@@ -70,12 +68,12 @@ def main() -> None:
     facts["architecture"] = {**arch.to_dict(), "description": arch.describe()}
     facts["imaging"] = imaging.to_dict()
 
-    with atomic_path(MODEL.parent) as tmp:
+    with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
-        model.save(tmp / MODEL.name)
-    write_csv(REPORTS / "history.csv", history, HISTORY_COLUMNS)
-    write_json(REPORTS / "summary.json", facts)
-    log.info("saved %s (%.0f s): %s", MODEL, facts["wall_time_s"], facts.get("calibration"))
+        model.save(tmp / p.model.name)
+    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
+    write_json(p.reports / "summary.json", facts)
+    log.info("saved %s (%.0f s): %s", p.model, facts["wall_time_s"], facts.get("calibration"))
 
 
 def concat(split: SplitData, shifted: np.ndarray) -> SplitData:

@@ -9,18 +9,14 @@ expectation exits 2 with the failing expectations and files named, so DVC stops.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cxr import cli, params
 from cxr.validation import validate_dataset
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("reports/validation")
-SUMMARY = Path("reports/validation_summary.json")
 
-
-def main() -> None:
-    validate_dataset(RAW_DIR, params.section("validate"), OUT_DIR, summary_path=SUMMARY)
+def main(argv: list[str] | None = None) -> None:
+    p = cli.paths(argv, "validate", raw="the downloaded data set (data/raw)",
+                  reports="the reports folder to write", summary="the summary JSON to write")
+    validate_dataset(p.raw, params.section("validate"), p.reports, summary_path=p.summary)
 
 
 if __name__ == "__main__":

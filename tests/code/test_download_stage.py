@@ -31,6 +31,7 @@ def write_params(root: Path, **download) -> None:
 
 def run_stage(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    args = args if "--pin" in args else ("--out", "data/raw", *args)  # what dvc.yaml passes
     return subprocess.run([sys.executable, "-m", "stages.download", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=120)
 
@@ -103,7 +104,7 @@ def test_failures_leave_the_previous_data_raw_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "copy_layout", copy_then_fail)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match="disk full"):
-        download.materialise("synthetic", {"cache_dir": "c", "synthetic": {**SMALL, "seed": 99}})
+        download.materialise("synthetic", {"cache_dir": "c", "synthetic": {**SMALL, "seed": 99}}, Path("data/raw"))
     assert calls and not calls[0].exists()  # the half-built copy is gone
     assert snapshot(raw) == before
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
@@ -157,7 +158,7 @@ def test_kaggle_without_credentials_exits_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
                PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "stages.download", "--out", "data/raw"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Kaggle credentials not found" in proc.stderr
     assert not (tmp_path / "home" / ".config" / "kaggle").exists()  # the client was never imported

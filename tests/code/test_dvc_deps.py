@@ -101,3 +101,70 @@ def test_the_closure_sees_imports_inside_functions():
     """stages/evaluate.py imports cxr.robustness only inside a function: still a dep."""
     assert REPO / "cxr" / "robustness.py" in closure("stages.evaluate")
     assert REPO / "cxr" / "serving.py" not in closure("stages.train")
+
+
+# ---------------------------------------------------------------- paths live in dvc.yaml only
+
+PIPELINE_ROOTS = ("data/", "models/", "reports/", "metrics.json")
+
+
+def _cmd_paths(stage: dict) -> set[str]:
+    import shlex
+
+    words = shlex.split(stage["cmd"])
+    return {words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+
+
+def _declared(stage: dict) -> set[str]:
+    out = set()
+    for key in ("deps", "outs", "metrics"):
+        for entry in stage.get(key) or []:
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            if not name.endswith(".py") and not name.startswith(("cxr/", "stages/", "data/pinned")):
+                out.add(name)
+    return out
+
+
+def _within(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_each_stage_gets_its_data_paths_on_the_cmd_line(name):
+    """Every data dep and output is passed to the stage (or lies in a folder that is), and
+    the stage is passed nothing dvc.yaml does not declare."""
+    stage = STAGES[name]
+    cmd, declared = _cmd_paths(stage), _declared(stage)
+    assert all(_within(d, cmd) for d in declared), (name, sorted(d for d in declared if not _within(d, cmd)))
+    known = [c for c in cmd if _within(c, declared) or any(_within(d, {c}) for d in declared)]  # or a folder of them
+    assert sorted(known) == sorted(cmd), (name, sorted(set(cmd) - set(known)))
+
+
+def _string_literals(path: Path) -> list[str]:
+    """String constants of a module, docstrings aside."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+@pytest.mark.parametrize("path", sorted([*REPO.glob("stages/*.py"), REPO / "cxr" / "scoring.py",
+                                         *REPO.glob("pipelines/*.py")]), ids=lambda p: p.name)
+def test_no_stage_or_reader_restates_a_pipeline_path(path):
+    """Stages take their paths from the command line, other readers from dvc.yaml (cxr.layout)."""
+    restated = [s for s in _string_literals(path) if s.startswith(PIPELINE_ROOTS)]
+    assert not restated, f"{path.relative_to(REPO)} restates {restated}: take it from dvc.yaml"
+
+
+def test_layout_reads_the_paths_from_dvc_yaml():
+    from cxr import layout
+
+    assert layout.path("export", "out", REPO) == REPO / "models/export"
+    assert layout.path("evaluate", "metrics", REPO) == REPO / "metrics.json"
+    assert REPO / "reports/plots/roc.json" in layout.plot_files(REPO)
+    from cxr import UserError
+
+    with pytest.raises(UserError, match="passes no --nothing"):
+        layout.path("export", "nothing", REPO)

@@ -272,7 +272,8 @@ def run_stage(cwd: Path, cfg: dict) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(yaml.safe_dump({"validate": cfg}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "CXR_LOG_LEVEL": "INFO"}
     env.pop("CXR_PARAMS", None)
-    return subprocess.run([sys.executable, "-m", "stages.validate"], cwd=cwd, env=env,
+    paths = ["--raw", "data/raw", "--reports", "reports/validation", "--summary", "reports/validation_summary.json"]
+    return subprocess.run([sys.executable, "-m", "stages.validate", *paths], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
 
 

@@ -68,7 +68,7 @@ def new_repo(tmp_path: Path) -> Path:
 
 def test_pin_push_pull_round_trip(tmp_path):
     repo, remote = new_repo(tmp_path), tmp_path / "remote"
-    stage = [sys.executable, "-m", "stages.download"]
+    stage = [sys.executable, "-m", "stages.download", "--out", "data/raw"]
 
     # a clone without the data: a clear message, not a traceback
     proc = sh(repo, *stage, ok=False)
@@ -93,7 +93,7 @@ def test_pin_push_pull_round_trip(tmp_path):
     assert files(pinned) == original
 
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {
-        "cmd": f"{sys.executable} -m stages.download", "deps": ["data/pinned.ref"],
+        "cmd": f"{sys.executable} -m stages.download --out data/raw", "deps": ["data/pinned.ref"],
         "params": ["download"], "outs": ["data/raw"]}}}))
     sh(repo, DVC, "repro", "download")
     info = yaml.safe_load((repo / "data" / "raw" / "source.json").read_text())
@@ -140,7 +140,7 @@ def test_s3_remote_round_trip_of_pinned_data_and_pipeline_outputs(tmp_path, s3_s
     (repo / "data.dvc").write_text("outs:\n- path: data/pinned\n")
     sh(repo, DVC, "add", "data/pinned")
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {
-        "cmd": f"{sys.executable} -m stages.download", "deps": ["data/pinned.ref"],
+        "cmd": f"{sys.executable} -m stages.download --out data/raw", "deps": ["data/pinned.ref"],
         "params": ["download"], "outs": ["data/raw"]}}}))
     sh(repo, DVC, "repro", "download")
     pinned, raw = files(repo / "data" / "pinned"), files(repo / "data" / "raw")
