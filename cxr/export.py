@@ -122,7 +122,7 @@ def model_card(*, metrics: dict, params: dict, source: dict, train_summary: dict
     synthetic = bool(source.get("synthetic", False))
     for record in ("imaging", "architecture"):
         if not isinstance(train_summary.get(record), dict):
-            raise UserError(f"reports/train/summary.json has no '{record}' record: rerun the train stage")
+            raise UserError(f"the train summary has no '{record}' record: rerun the train stage")
     return {
         "name": f"cxr-pneumonia-{train_summary['architecture']['backbone'].replace('_', '')}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
