@@ -16,7 +16,7 @@ WEIGHTS ?=
 ORIGINALS ?=
 FLOW_ARGS ?=
 
-.PHONY: setup run real repro sweep test test-fast lock pin push pull clean prefect-server models rollback serve bento bench bench-full help
+.PHONY: setup run real repro sweep test test-fast lock pin push pull clean prefect-server models rollback serve bento bench bench-full monitor help
 
 help:
 	@echo "make run     - set up, then run the whole pipeline as a Prefect flow: dvc stages, gate, promotion"
@@ -29,6 +29,8 @@ help:
 	@echo "make bento   - bentoml build: a bento that carries the promoted model"
 	@echo "make bench   - the benchmarks in bench/ (serving, export, pipeline --quick; ~8 min), tables with ratios"
 	@echo "make bench-full - the same, 3 serving rounds and a full real-data pipeline run (~20 min)"
+	@echo "make monitor AUDIT=<audit.jsonl> [CARD=...] [SINCE=<ISO time> | LAST=N] [MONITOR_OUT=<dir>] - drift of the"
+	@echo "               service's audit trail vs the promoted model's validation set (Prefect flow cxr-monitor)"
 	@echo "make test    - set up, then run the test suite"
 	@echo "make real    - switch params to ../shared (data, originals, ImageNet weights), then run"
 	@echo "make sweep   - summarise the DVC experiments (dvc exp run --queue ...) by configuration over seeds"
@@ -105,6 +107,11 @@ bench-full: setup
 	$(BIN)/python bench/serving.py --variants service,service-1worker --rounds 3
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/pipeline.py --full
+
+monitor: setup
+	@test -n "$(AUDIT)" || (echo "usage: make monitor AUDIT=<audit.jsonl> [CARD=...] [SINCE=<ISO time> | LAST=N] [MONITOR_OUT=<dir>]"; exit 2)
+	$(BIN)/python -m pipelines.monitor --audit "$(AUDIT)" $(if $(CARD),--card "$(CARD)") $(if $(SINCE),--since "$(SINCE)") \
+	  $(if $(LAST),--last $(LAST)) $(if $(MONITOR_OUT),--out "$(MONITOR_OUT)")
 
 clean:
 	rm -rf data/raw data/prepared models reports/validation
