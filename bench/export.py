@@ -100,14 +100,16 @@ def main() -> int:
     a = ap.parse_args()
 
     export_dir, where = locate(a)
-    card = json.loads((export_dir / "model_card.json").read_text()) if (export_dir / "model_card.json").exists() else {}
-    size = ((card.get("params") or {}).get("imaging") or {}).get("image_size", 224)
-    images, what = input_images(a.images, size)
     from cxr.imaging import to_model_input
+    from cxr.records.model_card import ModelCard
+
+    card = ModelCard.read(export_dir)
+    size = card.imaging.image_size
+    images, what = input_images(a.images, size)
 
     print("# Export benchmark")
-    print(f"export: {where} ({export_dir}); synthetic data: {(card.get('data') or {}).get('synthetic')}; "
-          f"weights init: {str((card.get('model') or {}).get('weights_init'))[:24]}")
+    print(f"export: {where} ({export_dir}); synthetic data: {card.synthetic}; "
+          f"weights init: {str(card.model.get('weights_init'))[:24]}")
     print(f"inputs: {what} through cxr.imaging.preprocess_bytes ({size} px)")
     print(f"load before: {wait_quiet(a.max_load, 600)}")
 

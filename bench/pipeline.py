@@ -115,25 +115,28 @@ def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
         noops.append(time.perf_counter() - t0)
         if RUNNING.search(out.stdout):
             print("  warning: the second dvc repro ran a stage: not a no-op:\n" + out.stdout[-500:])
-    metrics = json.loads(layout.path("evaluate", "metrics", repo).read_text())
-    train_summary = json.loads(layout.path("evaluate", "train_summary", repo).read_text())
+    from cxr.records.evaluation import Evaluation
+    from cxr.records.train_summary import TrainSummary
+
+    metrics = Evaluation.read(layout.path("evaluate", "metrics", repo)).to_dict()
+    train_summary = TrainSummary.read(layout.path("evaluate", "train_summary", repo))
     split = json.loads(layout.path("split", "summary", repo).read_text())
     return {"stages": stages, "total_s": total, "noop_s": noops, "metrics": metrics,
-            "train_timings": train_summary.get("timings_s"), "split": split}
+            "train_timings": train_summary.training.get("timings_s"), "split": split}
 
 
 def champion_metrics() -> dict | None:
     found = promoted_store_dir()
     if not found:
         return None
+    from cxr.records.model_card import JSON_NAME, ModelCard
+
     folder, tag = found
-    card_path = folder / "model_card.json"
-    if not card_path.exists():
+    if not (folder / JSON_NAME).exists():
         return None
-    card = json.loads(card_path.read_text())
-    return {"tag": tag, "test": (card.get("metrics") or {}).get("test") or {},
-            "test_split_hash": (card.get("data") or {}).get("test_split_hash"),
-            "synthetic": (card.get("data") or {}).get("synthetic")}
+    card = ModelCard.read(folder)
+    return {"tag": tag, "test": card.test_figures, "test_split_hash": card.test_split_hash,
+            "synthetic": card.synthetic}
 
 
 # ------------------------------------------------------------------ levers

@@ -104,19 +104,20 @@ def find_model(bentoml_home: Path, tag: str | None) -> tuple[str, Path]:
 
 
 def describe_model(path: Path) -> str:
+    from cxr import UserError
+    from cxr.records.model_card import ModelCard
+
     try:
-        card = json.loads((path / "model_card.json").read_text())
-    except (OSError, ValueError):
-        return "no model card"
-    model = card.get("model") or {}
-    imaging = model.get("imaging") or {}
-    legacy = {"backbone": "mobilenet_v2", "alpha": ((card.get("params") or {}).get("model") or {}).get("alpha")}
+        card = ModelCard.read(path)
+    except UserError as exc:
+        return f"no usable model card ({exc})"
+    model = card.model
+    legacy = {"backbone": "mobilenet_v2", "alpha": (card.params.get("model") or {}).get("alpha")}
     backbone = model.get("backbone") or legacy  # cards from before the architecture was recorded
     weights = model.get("weights_init")
-    syn = (card.get("data") or {}).get("synthetic")
-    note = (f"{model.get('architecture', backbone)}, {imaging.get('image_size')} px, weights_init {str(weights)[:20]}, "
-            f"synthetic data {syn}")
-    if imaging.get("image_size") != 224 or backbone.get("backbone") != "mobilenet_v2" or backbone.get("alpha") != 1.0:
+    note = (f"{model.get('architecture', backbone)}, {card.imaging.image_size} px, weights_init {str(weights)[:20]}, "
+            f"synthetic data {card.synthetic}")
+    if card.imaging.image_size != 224 or backbone.get("backbone") != "mobilenet_v2" or backbone.get("alpha") != 1.0:
         note += "  ** NOT the production model: figures do not stand for the real service **"
     return note
 

@@ -34,6 +34,7 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 
 from cxr import POSITIVE_LABEL, UserError, params
+from cxr.records.model_card import ModelCard
 
 SCHEMA = "cxr-audit/1"
 NO_REFERENCE = "model card has no monitoring reference: re-export the model"
@@ -73,10 +74,9 @@ class DriftConfig:
 
 # -- the reference ---------------------------------------------------------------------------------
 
-def reference_from_card(card: dict) -> dict:
-    """The monitoring reference a model card carries. The one place the card is read, so it can
-    move to the project's record reader without touching the statistics."""
-    monitoring = card.get("monitoring") if isinstance(card, dict) else None
+def reference_from_card(card: ModelCard) -> dict:
+    """The monitoring reference a model card carries (validation probabilities and refusal rate)."""
+    monitoring = card.monitoring
     if not isinstance(monitoring, dict) or not isinstance(monitoring.get("val_probabilities"), list) \
             or not monitoring["val_probabilities"]:
         raise UserError(NO_REFERENCE)
@@ -87,11 +87,11 @@ def reference_from_card(card: dict) -> dict:
     refusal_rate = 0.0 if refusal_rate is None else refusal_rate
     if not _is_probability(refusal_rate):
         raise UserError(f"model card: monitoring.val_refusal_rate must be in [0, 1], got {refusal_rate!r}")
-    threshold = card.get("decision_threshold")
-    if not _is_probability(threshold):
-        raise UserError(f"model card has no decision_threshold in [0, 1] (got {threshold!r}): re-export the model")
+    if not _is_probability(card.decision_threshold):
+        raise UserError(f"model card has no decision_threshold in [0, 1] (got {card.decision_threshold!r}): "
+                        "re-export the model")
     return {"probabilities": [float(p) for p in probs], "refusal_rate": float(refusal_rate),
-            "threshold": float(threshold), "name": card.get("name")}
+            "threshold": float(card.decision_threshold), "name": card.name}
 
 
 def _is_probability(value) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from cxr import UserError, params
+from cxr.records.evaluation import GatedFigures
 
 ON_SYNTHETIC = ("report", "enforce", "refuse")
 
@@ -72,44 +73,16 @@ class GateConfig:
         return {k: getattr(self, k) for k in FLOORS}
 
 
-def figures(metrics: dict) -> dict:
-    """The gated figures of an evaluate-stage ``metrics.json`` (or a store entry's metadata)."""
-    if "test" in metrics:  # metrics.json
-        test = metrics.get("test") or {}
-        at = test.get("at_threshold") or {}
-        data = metrics.get("data") or {}
-        out = {
-            "roc_auc": test.get("roc_auc"),
-            "recall": at.get("recall"),
-            "specificity": at.get("specificity"),
-            "threshold": metrics.get("threshold"),
-            "dataset_hash": data.get("dataset_hash"),
-            "test_split_hash": data.get("test_split_hash"),
-            "synthetic": bool(data.get("synthetic")),
-        }
-    else:  # registry metadata (cxr.registry.lineage)
-        out = {
-            "roc_auc": metrics.get("roc_auc"),
-            "recall": metrics.get("recall"),
-            "specificity": metrics.get("specificity"),
-            "threshold": metrics.get("decision_threshold"),
-            "dataset_hash": metrics.get("dataset_hash"),
-            "test_split_hash": metrics.get("test_split_hash"),
-            "synthetic": bool(metrics.get("synthetic")),
-        }
-    return out
-
-
 def _check(name: str, value, op: str, threshold: float, kind: str) -> dict:
     passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
     return {"check": name, "kind": kind, "value": value, "op": op, "threshold": round(threshold, 6), "passed": passed}
 
 
-def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = None,
+def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | None = None,
            champion_tag: str | None = None) -> dict:
-    """The verdict for a challenger (``metrics.json``) against an optional champion (its
-    store metadata, or figures re-measured on the current test split)."""
-    ch = figures(challenger_metrics)
+    """The verdict for a challenger (its ``metrics.json`` figures) against an optional champion
+    (figures re-measured from its exported files on the challenger's test split)."""
+    ch = challenger.to_dict()
     if any(ch[k] is None for k in ("roc_auc", "recall", "specificity")):
         raise UserError("metrics.json lacks test roc_auc/recall/specificity: run the evaluate stage first")
     floors = cfg.floors(ch["synthetic"])
@@ -124,7 +97,7 @@ def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = No
 
     comparison = "no champion: floors only"
     if champion is not None:
-        champ = figures(champion)
+        champ = champion.to_dict()
         same_split = bool(ch["test_split_hash"]) and ch["test_split_hash"] == champ["test_split_hash"]
         if not same_split:
             comparison = (f"data set differs from the champion's ({champion_tag}): test split "
@@ -138,7 +111,7 @@ def decide(challenger_metrics: dict, cfg: GateConfig, champion: dict | None = No
                                          champ[key] - cfg.max_regression, "no-regression"))
     failed = [c for c in checks if not c["passed"]]
     reported_only = ch["synthetic"] and cfg.on_synthetic == "report"
-    if ch["synthetic"] and champion is not None and not figures(champion)["synthetic"]:
+    if ch["synthetic"] and champion is not None and not champion.synthetic:
         # Never, in any mode: a synthetic model must not replace a real-data champion.
         guard = {"check": "synthetic model would replace a real-data champion", "kind": "floor",
                  "value": "synthetic", "op": "==", "threshold": "real", "passed": False}
@@ -204,7 +177,7 @@ def verdict_markdown(verdict: dict) -> str:
         lines += ["", "Re-scored on this test split from the raw image bytes through each exported TFLite file "
                   "(the serving path):", "", "| model | ROC AUC | recall | specificity | threshold |", "|---|---|---|---|---|"]
         for r in verdict["rescored"]:
-            f = figures(r)
+            f = r["figures"]
             lines.append(f"| {r.get('name')} | {_fmt(f['roc_auc'])} | {_fmt(f['recall'])} | {_fmt(f['specificity'])} | "
                          f"{_fmt(f['threshold'])} |")
     return "\n".join(lines) + "\n"

@@ -26,9 +26,12 @@ from pathlib import Path
 
 from cxr import UserError
 from cxr.io import file_digests, write_json
+from cxr.records.model_card import JSON_NAME as CARD_JSON
+from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
+from cxr.records.model_card import ModelCard
 
 MODEL_NAME = "cxr-pneumonia"
-EXPORT_FILES = ("model.keras", "model.tflite", "model_card.json", "model_card.md")
+EXPORT_FILES = ("model.keras", "model.tflite", CARD_JSON, CARD_MARKDOWN)
 LINEAGE_FILE = "lineage.json"  # the full metadata, nulls included, beside the files
 
 
@@ -73,36 +76,35 @@ def _write_alias(tag: str, reason: str, name: str = MODEL_NAME) -> None:
         write_json(alias_path(name), alias)
 
 
-def lineage(card: dict, verdict: dict | None = None) -> tuple[dict, dict]:
-    """(labels, metadata) for a store entry, from the model card and the gate verdict."""
-    test = (card.get("metrics") or {}).get("test") or {}
+def lineage(card: ModelCard, verdict: dict | None = None) -> tuple[dict, dict]:
+    """(labels, metadata) for a store entry, from the model card and the gate verdict: copies
+    for ``bentoml models list`` and the registry CLI; serving reads the card itself."""
+    test = card.test_figures
     at_thr = test.get("at_threshold") or {}
-    data = card.get("data") or {}
-    git = card.get("git") or {}
     labels = {
         "project": "cxr-screening",
-        "dataset_hash": str(data.get("dataset_hash") or "")[:12],
-        "git_commit": str(git.get("commit") or "")[:12],
-        "synthetic": str(bool(data.get("synthetic"))).lower(),
+        "dataset_hash": str(card.dataset_hash or "")[:12],
+        "git_commit": str(card.git.get("commit") or "")[:12],
+        "synthetic": str(card.synthetic).lower(),
     }
     metadata = {
-        "decision_threshold": card.get("decision_threshold"),
-        "target_recall": card.get("target_recall"),
-        "imaging": (card.get("model") or {}).get("imaging"),
-        "dataset_hash": data.get("dataset_hash"),
-        "dataset_source": data.get("source"),
-        "synthetic": bool(data.get("synthetic")),
-        "test_split": data.get("test_split"),
-        "test_split_hash": data.get("test_split_hash"),
-        "git_commit": git.get("commit"),
-        "git_dirty": git.get("dirty"),
+        "decision_threshold": card.decision_threshold,
+        "target_recall": card.target_recall,
+        "imaging": card.imaging.to_dict(),
+        "dataset_hash": card.dataset_hash,
+        "dataset_source": card.data.get("source"),
+        "synthetic": card.synthetic,
+        "test_split": card.data.get("test_split"),
+        "test_split_hash": card.test_split_hash,
+        "git_commit": card.git.get("commit"),
+        "git_dirty": card.git.get("dirty"),
         "roc_auc": test.get("roc_auc"),
         "pr_auc": test.get("pr_auc"),
         "recall": at_thr.get("recall"),
         "specificity": at_thr.get("specificity"),
         "precision": at_thr.get("precision"),
         "accuracy": at_thr.get("accuracy"),
-        "params": card.get("params"),
+        "params": card.params,
         "gate": verdict,
         "notice": "Screening aid, not a diagnosis.",
     }
@@ -126,7 +128,7 @@ def add(export_dir: str | Path, verdict: dict | None = None):
     missing = [f for f in EXPORT_FILES if not (export_dir / f).exists()]
     if missing:
         raise UserError(f"{export_dir} lacks {missing}: run the export stage first")
-    card = json.loads((export_dir / "model_card.json").read_text())
+    card = ModelCard.read(export_dir)
     digests = file_digests(export_dir, EXPORT_FILES)  # recorded at promotion, checked at load
     scored = next((r.get("files_sha256") for r in (verdict or {}).get("rescored") or []
                    if r.get("name") == "challenger"), None)

@@ -8,7 +8,6 @@ check that the exported file on raw bytes reproduces the evaluate stage's figure
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +15,33 @@ import numpy as np
 from cxr import UserError
 from cxr import layout
 from cxr.dataset import load_split
-from cxr.imaging import ImagingConfig, preprocess_bytes
+from cxr.imaging import preprocess_bytes
 from cxr.io import file_digests
 from cxr.metrics import at_threshold, ranking
+from cxr.records.evaluation import GatedFigures
+from cxr.records.model_card import JSON_NAME, ModelCard
 
 
 def score_export(model_dir: Path, project: Path, batch_size: int = 32) -> dict:
-    """Figures shaped like ``metrics.json`` (``test``, ``threshold``, ``data``)."""
+    """``figures`` (:class:`GatedFigures`, as a dict), the test ``images`` and the sha256 of
+    the files scored (the gate ties promotion to exactly these files)."""
     from cxr.runtime import TFLiteModel
 
-    card_path = model_dir / "model_card.json"
-    if not card_path.exists() or not (model_dir / "model.tflite").exists():
-        raise UserError(f"{model_dir} lacks model_card.json or model.tflite: not an exported model")
-    card = json.loads(card_path.read_text())
-    imaging = ImagingConfig.from_params((card.get("model") or {}).get("imaging") or {})
-    threshold = float(card["decision_threshold"])
+    if not (model_dir / "model.tflite").exists():
+        raise UserError(f"{model_dir} lacks model.tflite: not an exported model")
+    card = ModelCard.read(model_dir)
     test = load_split(layout.path("evaluate", "prepared", project), "test")
     raw = layout.path("evaluate", "raw", project)
     model = TFLiteModel(model_dir / "model.tflite")
     scores = []
     for start in range(0, len(test), batch_size):
-        batch = [preprocess_bytes((raw / str(p)).read_bytes(), imaging) for p in test.paths[start:start + batch_size]]
+        batch = [preprocess_bytes((raw / str(p)).read_bytes(), card.imaging) for p in test.paths[start:start + batch_size]]
         scores.append(model.predict(np.stack(batch)))
     probs = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    data = card.get("data") or {}
-    return {
-        "files_sha256": file_digests(model_dir, ("model.tflite", "model_card.json")),
-        "threshold": threshold,
-        "test": {**ranking(test.labels, probs), "images": len(test),
-                 "at_threshold": at_threshold(test.labels, probs, threshold)},
-        "data": {"dataset_hash": data.get("dataset_hash"), "test_split_hash": data.get("test_split_hash"),
-                 "synthetic": bool(data.get("synthetic"))},
-    }
+    at = at_threshold(test.labels, probs, card.decision_threshold)
+    figures = GatedFigures(roc_auc=ranking(test.labels, probs)["roc_auc"], recall=at["recall"],
+                           specificity=at["specificity"], threshold=card.decision_threshold,
+                           dataset_hash=card.dataset_hash, test_split_hash=card.test_split_hash,
+                           synthetic=card.synthetic)
+    return {"figures": figures.to_dict(), "images": len(test),
+            "files_sha256": file_digests(model_dir, ("model.tflite", JSON_NAME))}

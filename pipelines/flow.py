@@ -125,13 +125,15 @@ def publish_validation(project: str) -> dict:
 
 
 @task(name="publish-metrics", cache_policy=NO_CACHE)
-def publish_metrics(project: str) -> dict:
+def publish_metrics(project: str):
+    from cxr.records.evaluation import Evaluation
+
     root = Path(project)
-    metrics = _read_json(layout.path("evaluate", "metrics", root))
-    data = metrics.get("data") or {}
+    metrics = Evaluation.read(layout.path("evaluate", "metrics", root))
+    data = metrics.data
     create_table_artifact(key="cxr-metrics", table=reports.metrics_table(metrics),
-                          description=f"Test metrics ({data.get('test_split')}; "
-                                      f"{'SYNTHETIC data' if data.get('synthetic') else 'data ' + str(data.get('dataset_hash'))[:12]})")
+                          description=f"Test metrics ({data.test_split}; "
+                                      f"{'SYNTHETIC data' if data.synthetic else 'data ' + str(data.dataset_hash)[:12]})")
     create_markdown_artifact(key="cxr-confusion-matrix", markdown=reports.confusion_markdown(metrics),
                              description="Confusion matrices on the test split")
     create_markdown_artifact(key="cxr-plots", markdown=reports.plots_markdown(root.resolve()),
@@ -148,15 +150,16 @@ def score_candidate(name: str, model_dir: str, project: str) -> dict:
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(metrics: dict, project: str, scored: list[dict], champion_tag: str | None) -> dict:
+def gate(metrics, project: str, scored: list[dict], champion_tag: str | None) -> dict:
     from cxr import params
     from cxr.gate import GateConfig, decide, verdict_markdown
+    from cxr.records.evaluation import GatedFigures
 
     logger = get_run_logger()
     cfg = GateConfig.from_params(params.section("gate", Path(project) / "params.yaml"))
-    champion = next((s for s in scored if s["name"] == "champion"), None)
-    verdict = decide(metrics, cfg, champion, champion_tag)
-    verdict["rescored"] = [{k: v for k, v in s.items() if k != "data"} for s in scored]
+    champion = next((GatedFigures(**s["figures"]) for s in scored if s["name"] == "champion"), None)
+    verdict = decide(metrics.gated(), cfg, champion, champion_tag)
+    verdict["rescored"] = scored
     create_markdown_artifact(key="cxr-gate-verdict", markdown=verdict_markdown(verdict),
                              description=verdict["reason"][:250])
     (logger.info if verdict["passed"] else logger.error)("%s", verdict["reason"])

@@ -86,22 +86,19 @@ def read_trail(audit: str, since: str | None, last: int | None, model: str | Non
 def reference(card_path: str | None) -> dict:
     """The card's monitoring reference: ``card_path`` (a model_card.json or the folder holding
     one), else the promoted store entry's, which also names the model whose lines count."""
+    from cxr.records.model_card import JSON_NAME, ModelCard
+
     tag = None
     if card_path is None:
         from cxr import registry
 
         entry = registry.promoted()
-        tag, path = str(entry.tag), Path(entry.path) / "model_card.json"
+        tag, folder = str(entry.tag), Path(entry.path)
     else:
-        path = Path(card_path)
-        path = path / "model_card.json" if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"model card {path} not found")
-    try:
-        card = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"model card {path} is not JSON: {exc}") from None
-    ref = drift.reference_from_card(card)
+        folder = Path(card_path)
+        folder = folder if folder.is_dir() else folder.parent  # the folder, or the card file in it
+    path = folder / JSON_NAME
+    ref = drift.reference_from_card(ModelCard.read(folder))
     get_run_logger().info("reference: %d validation probabilities of %s (%s), threshold %s",
                           len(ref["probabilities"]), tag or ref["name"], path, ref["threshold"])
     return {**ref, "tag": tag, "card": str(path)}

@@ -1,6 +1,6 @@
 """What the flow publishes as Prefect artifacts, built from the stages' own output files.
 
-Pure functions over the JSON the stages write, so they are testable without Prefect and
+Pure functions over the records the stages write, so they are testable without Prefect and
 the UI shows exactly what ``dvc metrics show`` shows.
 """
 
@@ -9,39 +9,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, layout
+from cxr.records.evaluation import Evaluation
 
 
-def metrics_table(metrics: dict) -> list[dict]:
+def metrics_table(metrics: Evaluation) -> list[dict]:
     """One row per metric: test at the chosen threshold, test at 0.5, validation."""
-    test, val = metrics.get("test") or {}, metrics.get("val") or {}
-    at_thr, at_half, val_thr = test.get("at_threshold") or {}, test.get("at_0.5") or {}, val.get("at_threshold") or {}
+    test, val = metrics.test, metrics.val
+    at_thr, at_half, val_thr = test.at_threshold, test.at_half or {}, val.at_threshold
     rows = []
     for key in ("accuracy", "precision", "recall", "specificity", "f1"):
         rows.append({"metric": key, "test @ chosen threshold": at_thr.get(key), "test @ 0.5": at_half.get(key),
                      "val @ chosen threshold": val_thr.get(key)})
     for key in ("roc_auc", "pr_auc"):
-        rows.append({"metric": key, "test @ chosen threshold": test.get(key), "test @ 0.5": test.get(key),
-                     "val @ chosen threshold": val.get(key)})
-    rows.append({"metric": f"threshold (chosen on {metrics.get('threshold_chosen_on', 'val')})",
-                 "test @ chosen threshold": metrics.get("threshold"),
-                 "test @ 0.5": 0.5, "val @ chosen threshold": metrics.get("threshold")})
+        rows.append({"metric": key, "test @ chosen threshold": getattr(test, key), "test @ 0.5": getattr(test, key),
+                     "val @ chosen threshold": getattr(val, key)})
+    rows.append({"metric": f"threshold (chosen on {metrics.threshold_chosen_on})",
+                 "test @ chosen threshold": metrics.threshold,
+                 "test @ 0.5": 0.5, "val @ chosen threshold": metrics.threshold})
     proxy = metrics.get("proxy") or {}
     for key in ("roc_auc", "recall", "specificity") if proxy else ():
         rows.append({"metric": f"proxy {key} ({proxy.get('variant')}: test NORMAL given PNEUMONIA's acquisition)",
                      "test @ chosen threshold": proxy.get(key), "test @ 0.5": None, "val @ chosen threshold": None})
-    rows.append({"metric": "images", "test @ chosen threshold": test.get("images"),
-                 "test @ 0.5": test.get("images"), "val @ chosen threshold": val.get("images")})
+    rows.append({"metric": "images", "test @ chosen threshold": test.images,
+                 "test @ 0.5": test.images, "val @ chosen threshold": val.images})
     return rows
 
 
-def confusion_markdown(metrics: dict) -> str:
-    test = metrics.get("test") or {}
-    data = metrics.get("data") or {}
-    lines = [f"# Confusion matrix (test split: {data.get('test_split')})", ""]
-    if data.get("synthetic"):
+def confusion_markdown(metrics: Evaluation) -> str:
+    lines = [f"# Confusion matrix (test split: {metrics.data.test_split})", ""]
+    if metrics.data.synthetic:
         lines += [f"> **{SYNTHETIC_WARNING}**", ""]
-    for title, key in ((f"at the chosen threshold {metrics.get('threshold')}", "at_threshold"), ("at 0.5", "at_0.5")):
-        c = (test.get(key) or {}).get("confusion") or {}
+    for title, at in ((f"at the chosen threshold {metrics.threshold}", metrics.test.at_threshold),
+                      ("at 0.5", metrics.test.at_half or {})):
+        c = at.get("confusion") or {}
         lines += [f"## {title}", "", "| actual \\ predicted | NORMAL | PNEUMONIA |", "|---|---|---|",
                   f"| NORMAL | {c.get('tn')} | {c.get('fp')} |", f"| PNEUMONIA | {c.get('fn')} | {c.get('tp')} |", ""]
     lines += [f"_{SCREENING_NOTICE}_", ""]

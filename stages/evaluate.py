@@ -20,6 +20,9 @@ from cxr.imaging import ImagingConfig
 from cxr.io import write_csv, write_json
 from cxr.manifest import SOURCE_INFO
 from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
+from cxr.records import predictions
+from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
+from cxr.records.train_summary import TrainSummary
 
 log = logging.getLogger("evaluate")
 THRESHOLD_ON = ("val", "val+counterfactual")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from cxr.model import predict
 
     model = keras.saving.load_model(p.model)
-    imaging = trained_imaging(p.train_summary)
+    imaging = TrainSummary.read(p.train_summary).imaging  # as training recorded it
     val, test = load_split(p.prepared, "val"), load_split(p.prepared, "test")
     val_scores = predict(model, val.images)
     test_scores = predict(model, test.images)
@@ -68,38 +71,20 @@ def main(argv: list[str] | None = None) -> None:
     source_info = p.raw / SOURCE_INFO
     source = json.loads(source_info.read_text()) if source_info.exists() else {}
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
-    metrics = {
-        "threshold": round(threshold, 6),
-        "target_recall": target_recall,
-        "threshold_chosen_on": threshold_on,
-        "test": {
-            **ranking(test.labels, test_scores),
-            "images": len(test),
-            "at_threshold": at_threshold(test.labels, test_scores, threshold),
-            "at_0.5": at_threshold(test.labels, test_scores, 0.5),
-        },
-        "val": {
-            **ranking(val.labels, val_scores),
-            "images": len(val),
-            "at_threshold": at_threshold(val.labels, val_scores, threshold),
-        },
-        "data": {
-            "synthetic": bool(source.get("synthetic", False)),
-            "dataset_hash": source.get("dataset_hash"),
-            "test_split": "source test/ folder" if "test" in raw_splits else "carved from train by patient",
-            "test_split_hash": test_split_hash(source.get("dataset_hash"), test.paths),
-        },
-    }
+    diagnostics: dict = {}
+    data = DataFacts(synthetic=bool(source.get("synthetic", False)), dataset_hash=source.get("dataset_hash"),
+                     test_split="source test/ folder" if "test" in raw_splits else "carved from train by patient",
+                     test_split_hash=test_split_hash(source.get("dataset_hash"), test.paths))
     if stress_images > 0:
-        metrics["stress"] = _stress(model, test, p.raw, threshold, stress_images, stress_seed, imaging)
+        diagnostics["stress"] = _stress(model, test, p.raw, threshold, stress_images, stress_seed, imaging)
     if run_counterfactual:
         from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
 
         variants = counterfactual_scores(p.raw, test.paths, test.labels, test_scores, facts, imaging, score)
         cf = counterfactual_report(variants, test.labels, test_scores, threshold, facts)
-        metrics["counterfactual"] = cf
+        diagnostics["counterfactual"] = cf
         # Each way of choosing the threshold, on test and on the proxy: how the choice was made.
-        metrics["threshold_alternatives"] = {
+        diagnostics["threshold_alternatives"] = {
             name: {"threshold": round(t, 6),
                    "test": {k: v for k, v in at_threshold(test.labels, test_scores, t).items()
                             if k in ("recall", "specificity")},
@@ -110,16 +95,25 @@ def main(argv: list[str] | None = None) -> None:
             m = cf[name]
             log.info("counterfactual %-20s AUC %s recall %.3f specificity %.3f mean p NORMAL %s",
                      name, m["roc_auc"], m["recall"], m["specificity"], m["mean_probability"]["NORMAL"])
-        metrics["proxy"] = {"roc_auc": cf[PROXY]["roc_auc"], "recall": cf[PROXY]["recall"],
+        diagnostics["proxy"] = {"roc_auc": cf[PROXY]["roc_auc"], "recall": cf[PROXY]["recall"],
                             "specificity": cf[PROXY]["specificity"], "variant": PROXY}
     if run_audit:
-        metrics["shortcut_audit"] = _audit(test, test_scores, p.prepared)
+        diagnostics["shortcut_audit"] = _audit(test, test_scores, p.prepared)
     if originals is not None:
         from cxr.robustness import served_gap
 
-        metrics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging, score)
-        log.info("served (full-size originals) vs evaluated (224-px copies): %s", metrics["served_vs_copy"])
-    write_json(p.metrics, metrics)
+        diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
+                                                   score)
+        log.info("served (full-size originals) vs evaluated (224-px copies): %s", diagnostics["served_vs_copy"])
+    metrics = Evaluation(
+        threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
+        test=SplitFigures(**ranking(test.labels, test_scores), images=len(test),
+                          at_threshold=at_threshold(test.labels, test_scores, threshold),
+                          at_half=at_threshold(test.labels, test_scores, 0.5)),
+        val=SplitFigures(**ranking(val.labels, val_scores), images=len(val),
+                         at_threshold=at_threshold(val.labels, val_scores, threshold)),
+        data=data, diagnostics=diagnostics)
+    metrics.write(p.metrics)
 
     test_curves = curves(test.labels, test_scores, points)
     write_json(p.plots / "roc.json", test_curves["roc"])
@@ -130,34 +124,17 @@ def main(argv: list[str] | None = None) -> None:
         ({"actual": LABELS[int(y)], "predicted": LABELS[int(p)]} for y, p in zip(test.labels, predicted)),
         ["actual", "predicted"],
     )
-    write_csv(
-        p.predictions,
-        (
-            {"split": name, "path": path, "label": LABELS[int(y)], "probability": f"{s:.6f}"}
-            for name, data, scores in (("val", val, val_scores), ("test", test, test_scores))
-            for path, y, s in zip(data.paths, data.labels, scores)
-        ),
-        ["split", "path", "label", "probability"],
-    )
-    t = metrics["test"]
+    predictions.write(p.predictions, {"val": (val.paths, val.labels, val_scores),
+                                      "test": (test.paths, test.labels, test_scores)})
+    t = metrics.test
     log.info(
         "test: AUC %s | threshold %.4f (val recall target %.2f): recall %.3f specificity %.3f "
         "accuracy %.3f | at 0.5: recall %.3f specificity %.3f",
-        t["roc_auc"], threshold, target_recall, t["at_threshold"]["recall"], t["at_threshold"]["specificity"],
-        t["at_threshold"]["accuracy"], t["at_0.5"]["recall"], t["at_0.5"]["specificity"],
+        t.roc_auc, threshold, target_recall, t.at_threshold["recall"], t.at_threshold["specificity"],
+        t.at_threshold["accuracy"], t.at_half["recall"], t.at_half["specificity"],
     )
-    if metrics["data"]["synthetic"]:
+    if data.synthetic:
         log.warning(SYNTHETIC_WARNING)
-
-
-def trained_imaging(summary: Path) -> ImagingConfig:
-    """The imaging config the model was trained with, as training recorded it."""
-    if not summary.exists():
-        raise UserError(f"{summary} not found: run the train stage first (dvc repro train)")
-    recorded = json.loads(summary.read_text()).get("imaging")
-    if not isinstance(recorded, dict):
-        raise UserError(f"{summary} has no 'imaging' record: rerun the train stage")
-    return ImagingConfig.from_params(recorded)
 
 
 def _stress(model, test, raw_dir: Path, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:

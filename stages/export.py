@@ -12,8 +12,12 @@ from pathlib import Path
 
 from cxr import cli, params
 from cxr.dataset import load_split
-from cxr.export import export_all, model_card, model_card_markdown, parity
-from cxr.io import atomic_path, write_json, write_text
+from cxr.export import export_all, parity
+from cxr.io import atomic_path
+from cxr.records import predictions
+from cxr.records.evaluation import Evaluation
+from cxr.records.model_card import ModelCard
+from cxr.records.train_summary import TrainSummary
 from cxr.runtime import TFLiteModel
 
 log = logging.getLogger("export")
@@ -22,6 +26,7 @@ log = logging.getLogger("export")
 def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "export", model="the trained model", prepared="the prepared splits (parity images)",
                   source="the download stage's source.json", metrics="the evaluate stage's metrics.json",
+                  predictions="the evaluate stage's predictions (the drift monitor's reference)",
                   train_summary="the train stage's summary.json", out="the export folder to write")
     cfg = params.section("export")
     tolerance = params.require(cfg, "parity_tolerance", float, "export")
@@ -30,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cxr.model import predict
 
+    evaluation, summary = Evaluation.read(p.metrics), TrainSummary.read(p.train_summary)
     model = keras.saving.load_model(p.model)
     val = load_split(p.prepared, "val")
     sample = val.images[:n_images]
@@ -40,21 +46,21 @@ def main(argv: list[str] | None = None) -> None:
         checks = [parity(keras_probs, TFLiteModel(files["tflite"]).predict(sample), tolerance, "tflite (LiteRT)")]
         reloaded = keras.saving.load_model(files["keras"])
         checks.append(parity(keras_probs, predict(reloaded, sample), tolerance, "keras (reloaded)"))
-        card = model_card(
-            metrics=json.loads(p.metrics.read_text()),
+        card = ModelCard.build(
+            evaluation=evaluation,
+            summary=summary,
             params=params.sections(("download", "validate", "split", "imaging", "acquisition", "model", "train",
                                     "evaluate", "export")),
             source=_read_json(p.source),
-            train_summary=_read_json(p.train_summary),
             parity_checks=checks,
             files={k: v.relative_to(tmp) for k, v in files.items()},
+            val_probabilities=predictions.probabilities(p.predictions, "val").tolist(),
         )
-        write_json(tmp / "model_card.json", card)
-        write_text(tmp / "model_card.md", model_card_markdown(card))
+        card.write(tmp)
     for check in checks:
         log.info("parity %s: max |dp| %.2e (tolerance %s)", check["format"], check["max_abs_diff"], tolerance)
-    if card.get("warning"):
-        log.warning(card["warning"])
+    if card.warning:
+        log.warning(card.warning)
 
 
 def _read_json(path: Path) -> dict:

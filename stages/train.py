@@ -18,8 +18,9 @@ from cxr import UserError, cli, params
 from cxr.acquisition import ClassAcquisition
 from cxr.dataset import SplitData, load_split
 from cxr.imaging import ImagingConfig
-from cxr.io import atomic_path, write_csv, write_json
+from cxr.io import atomic_path, write_csv
 from cxr.model import Architecture, build, resolve_weights, weights_fingerprint
+from cxr.records.train_summary import TrainSummary
 from cxr.training import TrainConfig, train
 
 log = logging.getLogger("train")
@@ -59,21 +60,19 @@ def main(argv: list[str] | None = None) -> None:
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
     history, facts = train(model, train_split, selection, cfg, view_sources)
-    facts["reacquire"] = {**cfg.reacquire.to_dict(), "views": len(view_sources or []), "clean_view": cfg.clean_view}
-    facts["acquisition"] = facts_acq.to_dict()
-    facts["selected_on"] = cfg.select_on
-    facts["shortcut_audit_views"] = audit
-    facts["wall_time_s"] = round(time.time() - started, 1)
-    facts["weights"] = weights_fingerprint(weights)
-    facts["architecture"] = {**arch.to_dict(), "description": arch.describe()}
-    facts["imaging"] = imaging.to_dict()
+    summary = TrainSummary(
+        imaging=imaging, architecture={**arch.to_dict(), "description": arch.describe()},
+        weights=weights_fingerprint(weights), calibration=facts.pop("calibration"),
+        wall_time_s=round(time.time() - started, 1), selected_on=cfg.select_on,
+        reacquire={**cfg.reacquire.to_dict(), "views": len(view_sources or []), "clean_view": cfg.clean_view},
+        acquisition=facts_acq.to_dict(), shortcut_audit_views=audit, training=facts)
 
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
     write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
-    write_json(p.reports / "summary.json", facts)
-    log.info("saved %s (%.0f s): %s", p.model, facts["wall_time_s"], facts.get("calibration"))
+    summary.write(p.reports / "summary.json")
+    log.info("saved %s (%.0f s): %s", p.model, summary.wall_time_s, summary.calibration)
 
 
 def concat(split: SplitData, shifted: np.ndarray) -> SplitData:

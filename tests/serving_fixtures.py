@@ -87,8 +87,14 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
     export_dir.mkdir(parents=True)
     model = train_tiny(size, alpha, steps)
 
-    from cxr.export import export_all, model_card, model_card_markdown
-    from cxr.model import Architecture
+    import dataclasses
+
+    from cxr.export import export_all
+    from cxr.imaging import ImagingConfig
+    from cxr.model import Architecture, predict
+    from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
+    from cxr.records.model_card import ModelCard
+    from cxr.records.train_summary import TrainSummary
 
     files = export_all(model, export_dir)
     # Params as a real run records them, local paths and a credentialed URL included: the service
@@ -98,19 +104,25 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
               "train": {"weights": "/home/alice/weights/mobilenet_v2.h5"},
               "evaluate": {"originals": "/srv/radiology/originals"}}
     at = {"accuracy": 0.5, "precision": 0.5, "recall": 0.99, "specificity": 0.5, "f1": 0.5}
-    metrics = {"threshold": threshold, "target_recall": 0.99,
-               "test": {"roc_auc": 0.5, "pr_auc": 0.5, "images": 64, "at_threshold": at, "at_0.5": at},
-               "val": {"roc_auc": 0.5}, "data": {"test_split": "synthetic-test", "test_split_hash": "0" * 64}}
-    card = model_card(metrics=metrics, params=params, source={"source": "synthetic", "synthetic": True,
-                      "dataset_hash": "test" * 16}, train_summary={"weights": None, "imaging": params["imaging"],
-                                     "architecture": {**Architecture(alpha=alpha).to_dict(),
-                                                      "description": Architecture(alpha=alpha).describe()}},
-                      parity_checks=[],
-                      files=files)
+    evaluation = Evaluation(
+        threshold=threshold, target_recall=0.99, threshold_chosen_on="val",
+        test=SplitFigures(roc_auc=0.5, pr_auc=0.5, images=64, at_threshold=at, at_half=at),
+        val=SplitFigures(roc_auc=0.5, pr_auc=0.5, images=64, at_threshold=at),
+        data=DataFacts(synthetic=True, dataset_hash="test" * 16, test_split="synthetic-test",
+                       test_split_hash="0" * 64))
+    arch = Architecture(alpha=alpha)
+    summary = TrainSummary(imaging=ImagingConfig.from_params(params["imaging"]),
+                           architecture={**arch.to_dict(), "description": arch.describe()}, weights=None,
+                           calibration={"method": "none"}, wall_time_s=0.0, selected_on="val")
+    val_images, _ = blob_images(64, size, seed=7)
+    card = ModelCard.build(evaluation=evaluation, summary=summary, params=params,
+                           source={"source": "synthetic", "synthetic": True, "dataset_hash": "test" * 16},
+                           parity_checks=[], files=files,
+                           val_probabilities=predict(model, val_images).tolist())
     # BentoML refuses None anywhere in a store entry's metadata.
-    card["git"] = {"commit": card["git"].get("commit") or "0" * 40, "dirty": bool(card["git"].get("dirty"))}
-    (export_dir / "model_card.json").write_text(json.dumps(card, indent=2))
-    (export_dir / "model_card.md").write_text(model_card_markdown(card))
+    card = dataclasses.replace(card, git={"commit": card.git.get("commit") or "0" * 40,
+                                          "dirty": bool(card.git.get("dirty"))})
+    card.write(export_dir)
 
     # BentoML reads BENTOML_HOME once per process: run this in a fresh process (see the CLI).
     os.environ["BENTOML_HOME"] = str(bentoml_home)

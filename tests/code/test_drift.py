@@ -4,6 +4,7 @@ as an outcome of its own. Trails are generated from seeded RNGs, as the service 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from datetime import datetime, timedelta, timezone
@@ -15,6 +16,8 @@ import pytest
 from cxr import UserError, params
 from cxr.drift import (NO_REFERENCE, DriftConfig, compare, figures_table, ks_2samp, psi, psi_edges, read_trail,
                        reference_from_card, summary_line, trail_files)
+from cxr.imaging import ImagingConfig
+from cxr.records.model_card import ModelCard
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = DriftConfig(window=5000, min_answers=200, psi_bins=10, psi_epsilon=1e-4, psi_max=0.2, ks_pvalue_min=0.01,
@@ -32,11 +35,14 @@ def probabilities(rng: np.random.Generator, n: int, positive_share: float = 0.6,
     return np.clip(p + shift * (0.5 - p), 0.0, 1.0)
 
 
-def card(seed: int = 0, n: int = 400, refusal_rate: float | None = 0.01) -> dict:
-    monitoring = {"val_probabilities": [round(float(p), 4) for p in probabilities(np.random.default_rng(seed), n)]}
-    if refusal_rate is not None:
-        monitoring["val_refusal_rate"] = refusal_rate
-    return {"name": "cxr-pneumonia-smallcnn", "decision_threshold": THRESHOLD, "monitoring": monitoring}
+def card(seed: int = 0, n: int = 400, refusal_rate: float | None = 0.01, **monitoring) -> ModelCard:
+    """A model card whose drift reference is ``n`` seeded validation probabilities."""
+    if not monitoring:
+        monitoring = {"val_probabilities": [round(float(p), 4) for p in probabilities(np.random.default_rng(seed), n)]}
+        if refusal_rate is not None:
+            monitoring["val_refusal_rate"] = refusal_rate
+    return ModelCard(name="cxr-pneumonia-smallcnn", decision_threshold=THRESHOLD, imaging=ImagingConfig(),
+                     synthetic=True, model={}, data={}, monitoring=monitoring or None)
 
 
 def audit_lines(seed: int, n: int, *, shift: float = 0.0, positive_share: float = 0.6, refusal_share: float = 0.01,
@@ -205,14 +211,13 @@ def test_a_missing_trail_is_a_user_error(tmp_path):
 def test_the_reference_comes_from_the_card():
     ref = reference_from_card(card(refusal_rate=None))
     assert ref["refusal_rate"] == 0.0 and ref["threshold"] == THRESHOLD and len(ref["probabilities"]) == 400
-    for broken in ({}, {"decision_threshold": 0.4}, {"decision_threshold": 0.4, "monitoring": {}},
-                   {"decision_threshold": 0.4, "monitoring": {"val_probabilities": []}}):
+    for broken in (dataclasses.replace(card(), monitoring=None), card(unrelated=1), card(val_probabilities=[])):
         with pytest.raises(UserError, match=NO_REFERENCE):
             reference_from_card(broken)
     with pytest.raises(UserError, match="val_probabilities"):
-        reference_from_card({"decision_threshold": 0.4, "monitoring": {"val_probabilities": [0.2, 1.5]}})
+        reference_from_card(card(val_probabilities=[0.2, 1.5]))
     with pytest.raises(UserError, match="decision_threshold"):
-        reference_from_card({"monitoring": {"val_probabilities": [0.2]}})
+        reference_from_card(dataclasses.replace(card(), decision_threshold=1.5))
 
 
 def test_psi_of_a_sample_with_itself_is_zero_and_an_empty_bin_is_finite():

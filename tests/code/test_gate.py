@@ -2,17 +2,19 @@
 
 import pytest
 
+import dataclasses
+
 from cxr import UserError
 from cxr.gate import GateConfig, decide, verdict_markdown
+from cxr.records.evaluation import GatedFigures
 
 CFG = GateConfig(min_recall=0.99, min_specificity=0.8, min_roc_auc=0.95, max_regression=0.01)
 
 
 def metrics(auc=0.98, recall=0.995, spec=0.85, split="split-a", synthetic=False):
-    """An evaluate-stage metrics.json, reduced to what the gate reads."""
-    return {"threshold": 0.3,
-            "test": {"roc_auc": auc, "at_threshold": {"recall": recall, "specificity": spec}},
-            "data": {"dataset_hash": "d" * 64, "test_split_hash": split, "synthetic": synthetic}}
+    """The figures of an evaluate-stage metrics.json that the gate reads."""
+    return GatedFigures(roc_auc=auc, recall=recall, specificity=spec, threshold=0.3, dataset_hash="d" * 64,
+                        test_split_hash=split, synthetic=synthetic)
 
 
 def failed(verdict):
@@ -57,13 +59,6 @@ def test_a_champion_from_another_test_split_is_not_compared():
     assert all(c["kind"] == "floor" for c in verdict["checks"])
 
 
-def test_registry_metadata_works_as_the_champion():
-    champion_metadata = {"roc_auc": 0.99, "recall": 1.0, "specificity": 0.95, "decision_threshold": 0.2,
-                         "test_split_hash": "split-a", "dataset_hash": "d" * 64, "synthetic": False}
-    verdict = decide(metrics(spec=0.9), CFG, champion_metadata, "cxr-pneumonia:old")
-    assert failed(verdict) == ["specificity at threshold vs champion"]
-
-
 def test_synthetic_models_can_be_refused():
     strict = GateConfig(0.0, 0.0, 0.0, 0.01, on_synthetic="refuse")
     assert decide(metrics(synthetic=False), strict)["passed"]
@@ -96,7 +91,7 @@ def test_synthetic_floors_apply_to_synthetic_models_only():
     assert verdict["passed"] and verdict["enforced"] and verdict["floors"] == "synthetic"
     assert [c["threshold"] for c in verdict["checks"]] == [0.9, 0.6, 0.9]
     assert "gate.synthetic_floors" in verdict_markdown(verdict)
-    real = decide({**lenient_enough, "data": {**lenient_enough["data"], "synthetic": False}}, cfg)
+    real = decide(dataclasses.replace(lenient_enough, synthetic=False), cfg)
     assert not real["passed"] and real["floors"] == "real"
     with pytest.raises(UserError, match="gate.synthetic_floors"):
         GateConfig.from_params({"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.0,
@@ -122,7 +117,7 @@ def test_the_default_gate_fails_a_broken_synthetic_default():
 
 def test_missing_metrics_and_bad_params_are_user_errors():
     with pytest.raises(UserError, match="evaluate stage"):
-        decide({"test": {}}, CFG)
+        decide(dataclasses.replace(metrics(), roc_auc=None), CFG)
     with pytest.raises(UserError, match="gate.min_recall"):
         GateConfig.from_params({"min_recall": 1.5, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.0})
     with pytest.raises(UserError, match="gate.on_synthetic"):
@@ -143,6 +138,6 @@ def test_the_verdict_artifact_lists_every_figure_and_threshold():
 
 def test_the_verdict_artifact_shows_rescored_candidates():
     verdict = decide(metrics(), CFG)
-    verdict["rescored"] = [{"name": "challenger", **metrics(auc=0.97)}]
+    verdict["rescored"] = [{"name": "challenger", "figures": metrics(auc=0.97).to_dict()}]
     md = verdict_markdown(verdict)
     assert "| challenger | 0.9700 | 0.9950 | 0.8500 | 0.3000 |" in md

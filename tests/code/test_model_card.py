@@ -3,7 +3,9 @@
 import pytest
 
 from cxr import UserError
-from cxr.export import THRESHOLD_METHODS, model_card, model_card_markdown
+from cxr.records.evaluation import Evaluation
+from cxr.records.model_card import THRESHOLD_METHODS, ModelCard
+from cxr.records.train_summary import TrainSummary
 
 
 def metrics(**extra):
@@ -11,6 +13,9 @@ def metrics(**extra):
     figures = {"roc_auc": 0.97, "recall": 0.99, "specificity": 0.7, "mean_probability": {"NORMAL": 0.3, "PNEUMONIA": 0.9}}
     return {"threshold": 0.3, "target_recall": 0.99, "threshold_chosen_on": "val+counterfactual",
             "test": {"roc_auc": 0.99, "pr_auc": 0.99, "images": 10, "at_threshold": at, "at_0.5": at},
+            "val": {"roc_auc": 0.98, "pr_auc": 0.98, "images": 8, "at_threshold": at},
+            "data": {"synthetic": False, "dataset_hash": "d" * 64, "test_split": "carved from train by patient",
+                     "test_split_hash": "s" * 64},
             "counterfactual": {"images": 10, "threshold": 0.3, "clean": figures,
                                "normal_as_pneumonia": {**figures, "specificity": 0.55}},
             "shortcut_audit": {"train": {"cv_auc": 0.97}, "val": {"cv_auc": 0.96}, "test": {"cv_auc": 0.95},
@@ -20,34 +25,45 @@ def metrics(**extra):
             **extra}
 
 
-def card(m, summary=None):
-    summary = {"imaging": {"image_size": 224, "intensity": "none"},
-               "architecture": {"backbone": "small_cnn", "description": "a small CNN"}} if summary is None else summary
-    return model_card(metrics=m, params={}, source={"source": "x"}, train_summary=summary, parity_checks=[], files={})
+SUMMARY = {"imaging": {"image_size": 224, "intensity": "none"}, "weights": None, "calibration": {"method": "none"},
+           "wall_time_s": 1.0, "architecture": {"backbone": "small_cnn", "description": "a small CNN"}}
+
+
+def card(m, summary=None, **kw) -> ModelCard:
+    return ModelCard.build(evaluation=Evaluation.from_dict(m), summary=TrainSummary.from_dict(summary or SUMMARY),
+                           params={}, source={"source": "x"}, parity_checks=[], files={}, **kw)
 
 
 def test_card_records_the_threshold_method_and_the_proxy():
     c = card(metrics())
-    assert c["decision_threshold_method"] == THRESHOLD_METHODS["val+counterfactual"]
-    assert c["model"]["imaging"] == {"image_size": 224, "intensity": "none"}  # read from the train record
-    md = model_card_markdown(c)
+    assert c.decision_threshold_method == THRESHOLD_METHODS["val+counterfactual"]
+    assert c.to_dict()["model"]["imaging"] == {"image_size": 224, "intensity": "none"}  # read from the train record
+    md = c.markdown()
     assert "counterfactual copies" in md and "## Counterfactual proxy" in md
     assert "| normal_as_pneumonia | 0.97 | 0.99 | 0.55 | 0.3 |" in md
     assert "## Shortcut audit" in md and "- train: 0.97" in md
     assert "## Served versus evaluated" in md and "98%" in md
-    plain = model_card_markdown(card({k: v for k, v in metrics().items() if k not in ("threshold_chosen_on",
-                                                                                      "counterfactual")}))
+    plain = card({k: v for k, v in metrics().items() if k not in ("threshold_chosen_on", "counterfactual")}).markdown()
     assert THRESHOLD_METHODS["val"] in plain and "## Counterfactual proxy" not in plain
 
 
 def test_card_refuses_a_train_summary_without_its_imaging_record():
-    with pytest.raises(UserError, match="imaging"):
-        card(metrics(), summary={"weights": None})
+    with pytest.raises(UserError, match="'imaging' must be an object, got missing"):
+        card(metrics(), summary={k: v for k, v in SUMMARY.items() if k != "imaging"})
 
 
 def test_card_names_the_architecture_training_recorded():
     c = card(metrics())
-    assert c["model"]["backbone"]["backbone"] == "small_cnn" and c["name"] == "cxr-pneumonia-smallcnn"
-    assert c["model"]["architecture"].startswith("a small CNN")
+    assert c.model["backbone"]["backbone"] == "small_cnn" and c.name == "cxr-pneumonia-smallcnn"
+    assert c.model["architecture"].startswith("a small CNN")
     with pytest.raises(UserError, match="architecture"):
-        card(metrics(), summary={"imaging": {"image_size": 224, "intensity": "none"}})
+        card(metrics(), summary={**SUMMARY, "architecture": {"alpha": 1.0}})
+
+
+def test_card_carries_the_drift_reference_and_reads_back_unchanged(tmp_path):
+    c = card(metrics(), val_probabilities=[0.123456, 0.9])
+    assert c.monitoring == {"val_probabilities": [0.1235, 0.9], "val_refusal_rate": 0.0}
+    c.write(tmp_path)
+    back = ModelCard.read(tmp_path)
+    assert back == c and back.to_dict() == c.to_dict()
+    assert (tmp_path / "model_card.md").read_text() == c.markdown()

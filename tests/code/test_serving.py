@@ -205,8 +205,8 @@ def test_load_takes_imaging_and_threshold_from_the_card(promoted_model):
     model = ServedModel.load(promoted_model["export_dir"])  # no store metadata: the card decides
     assert model.imaging == ImagingConfig(promoted_model["image_size"], "equalize")
     assert model.threshold == promoted_model["threshold"]
-    card = json.loads((promoted_model["export_dir"] / "model_card.json").read_text())
-    assert model.model_card()["card"]["name"] == card["name"]
+    card = json.loads((promoted_model["export_dir"] / "model_card.json").read_text())  # the file as written
+    assert model.model_card()["card"]["name"] == card["name"] and card["schema"] == "cxr-model-card/1"
     probs = model.probabilities(np.stack([decode(png(image(seed=s)), model.imaging) for s in range(3)]))
     assert probs.shape == (3,) and np.all((probs >= 0) & (probs <= 1))
 

@@ -57,7 +57,7 @@ def figures(run: dict) -> dict:
 def test_the_monitor_flow_passes_a_steady_trail_and_fails_a_shifted_one(prefect_api, tmp_path):  # noqa: F811
     card_path = tmp_path / "export" / "model_card.json"
     card_path.parent.mkdir()
-    card_path.write_text(json.dumps(card(seed=0)))
+    card(seed=0).write(card_path.parent)
     steady = write_trail(tmp_path / "steady" / "audit.jsonl", audit_lines(21, 900), rotate_every=400)
     shifted = write_trail(tmp_path / "shifted" / "audit.jsonl",
                           audit_lines(22, 900, shift=0.3, refusal_share=0.15, reason="not_a_chest_xray"),

@@ -90,6 +90,8 @@ def test_full_repro_then_noop_then_one_param(project):
     assert "not a diagnosis" in card["intended_use"]
     assert card["parity"][0]["passed"] is True
     metrics = json.loads((project / "metrics.json").read_text())
+    assert (card["schema"], metrics["schema"]) == ("cxr-model-card/1", "cxr-metrics/1")
+    assert len(card["monitoring"]["val_probabilities"]) == metrics["val"]["images"]  # the drift reference
     assert metrics["data"]["test_split"].startswith("source test/")  # held-out synthetic patients
     assert metrics["test"]["roc_auc"] >= DEFAULT_MIN_TEST_AUC, metrics["test"]
     assert metrics["proxy"]["variant"] == "normal_as_pneumonia" and "swapped" in metrics["counterfactual"]
@@ -135,12 +137,13 @@ def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
     from PIL import Image
 
     from cxr import params
-    from cxr.imaging import ImagingConfig, preprocess_bytes
+    from cxr.imaging import preprocess_bytes
+    from cxr.records.model_card import ModelCard
     from cxr.runtime import TFLiteModel
     from cxr.sources.synthetic import lesions
 
-    card = json.loads((project / "models/export/model_card.json").read_text())
-    imaging, threshold = ImagingConfig(**card["model"]["imaging"]), card["decision_threshold"]
+    card = ModelCard.read(project / "models/export")
+    imaging, threshold = card.imaging, card.decision_threshold
     model = TFLiteModel(project / "models/export/model.tflite")
     masks = lesions(params.section("download", project / "params.yaml")["synthetic"])
     inside, lesion_area = [], []

@@ -43,6 +43,7 @@ def export_dir(tmp_path, name: str, auc: float, spec: float, split: str = "split
     for f in ("model.keras", "model.tflite"):
         (out / f).write_bytes(os.urandom(256))
     card = {
+        "schema": "cxr-model-card/1", "name": "cxr-pneumonia-mobilenetv2",
         "decision_threshold": 0.25, "target_recall": 0.99,
         "model": {"imaging": {"image_size": 224, "intensity": "equalize"}},
         "data": {"dataset_hash": "ab" * 32, "synthetic": False, "source": "folder", "test_split": "carved",
