@@ -6,7 +6,8 @@ for the model. That is how train/serve skew is ruled out by construction.
 
 Why these steps:
 - grayscale: radiographs are single-channel; RGB/CMYK/RGBA/16-bit inputs from other
-  acquisition chains are reduced to one channel the same way;
+  acquisition chains are reduced to one channel the same way; DICOM (:mod:`cxr.dicom`) is
+  brought to 8-bit gray as a viewer would show it, then takes the same steps as a PNG;
 - JPEG draft decoding straight to >= the target size: full-size X-rays (1-2.5k px) decode
   several times faster, with no quality cost after the final resize;
 - squash to a square, as the published 224-px copy of the data set was made;
@@ -50,7 +51,8 @@ class ImageError(UserError):
     """The bytes are not a usable X-ray image; the message says why, for an API answer.
 
     ``kind`` names the reason for callers that map it to a status code (serving):
-    empty, too_large, unsupported, too_many_pixels, too_small, corrupt.
+    empty, too_large, unsupported, too_many_pixels, too_small, corrupt; for DICOM also
+    not_a_radiograph, not_a_chest, multi_frame, no_pixels.
     """
 
     def __init__(self, message: str, kind: str = "corrupt"):
@@ -77,12 +79,26 @@ class ImagingConfig:
         return {"image_size": self.image_size, "intensity": self.intensity}
 
 
-def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
-    """Open and check an image without decoding its pixels yet (bombs are refused from the header)."""
+DICOM_MAGIC_OFFSET = 128  # a DICOM file: a 128-byte preamble, then b"DICM"
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+    """Open and check an image without decoding its pixels yet (bombs are refused from the header).
+
+    A PIL image, or for DICOM a header-checked :class:`cxr.dicom.DicomImage` that
+    :func:`preprocess_image` decodes within the same budget."""
     if not data:
         raise ImageError("empty upload: no image bytes received", "empty")
     if len(data) > max_bytes:
         raise ImageError(f"image too large: {len(data)} bytes (limit {max_bytes})", "too_large")
+    if is_dicom(data):
+        from cxr.dicom import open_dicom  # pydicom is imported only for DICOM uploads
+
+        return open_dicom(data, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -92,9 +108,9 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
     except Image.DecompressionBombWarning:
         raise ImageError("image refused: too many pixels (decompression bomb guard)", "too_many_pixels") from None
     except Exception:  # PIL raises several types for unknown formats
-        raise ImageError("not a supported image: expected JPEG or PNG bytes", "unsupported") from None
+        raise ImageError("not a supported image: expected JPEG, PNG or DICOM bytes", "unsupported") from None
     if img.format not in ("JPEG", "PNG", "MPO"):
-        raise ImageError(f"unsupported image format {img.format}: expected JPEG or PNG", "unsupported")
+        raise ImageError(f"unsupported image format {img.format}: expected JPEG, PNG or DICOM", "unsupported")
     # Start-of-scan markers: entropy-coded data stuffs every 0xFF, so each b"\xff\xda" is a scan.
     if img.format in ("JPEG", "MPO") and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
         raise ImageError(f"image refused: a JPEG of {scans} scans (limit {MAX_JPEG_SCANS})", "too_many_pixels")
@@ -106,16 +122,18 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
     return img
 
 
-def decode_cost(img: Image.Image) -> int:
+def decode_cost(img) -> int:
     """Peak bytes that decoding ``img`` to 8-bit gray will take, from its header (and any JPEG
     draft scale already set): what the decode budget is checked against."""
+    if not isinstance(img, Image.Image):  # a DICOM: its decoders and bit depths have their own costs
+        return img.decode_cost
     width, height = img.size
     alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
     per_pixel = _ALPHA_BYTES_PER_PIXEL if alpha else _DECODE_BYTES_PER_PIXEL.get(img.mode, _ALPHA_BYTES_PER_PIXEL)
     return width * height * per_pixel
 
 
-def check_decode_budget(img: Image.Image) -> int:
+def check_decode_budget(img) -> int:
     """:func:`decode_cost` of ``img``, or an :class:`ImageError` when it is over ``MAX_DECODE_BYTES``."""
     cost = decode_cost(img)
     if cost > MAX_DECODE_BYTES:
@@ -124,20 +142,33 @@ def check_decode_budget(img: Image.Image) -> int:
     return cost
 
 
+def percentile_window(arr: np.ndarray) -> tuple[float, float]:
+    """The intensity window of an image with more than 8 bits: its 0.5 and 99.5 percentiles
+    (a few hot or dead detector pixels do not set the contrast)."""
+    return tuple(np.percentile(arr, [0.5, 99.5])) if arr.size else (0.0, 1.0)
+
+
+def window_to_8bit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``values`` mapped linearly from ``[lo, hi]`` to 0..255 (clipped), as uint8."""
+    return (np.clip((values - lo) / max(hi - lo, 1e-9), 0, 1) * 255.0).astype(np.uint8)
+
+
+def sixteen_bit_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """uint16 pixels -> uint8 over their :func:`percentile_window`, shared by 16-bit PNGs and
+    DICOMs shown without a window of their own, so that both give the same bytes.
+
+    Through a 65,536-entry table: the same values as the float formula, in 1/10 of its memory
+    (no float copy of the image)."""
+    lo, hi = percentile_window(arr)
+    return window_to_8bit(np.arange(65536, dtype=np.float64), lo, hi)[arr]
+
+
 def _to_grayscale(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        # 16 bits through a 65,536-entry table: the same values as the float path below, in 1/10
-        # of its memory (no float copy of the image).
-        arr = np.asarray(img)
-        lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
-        levels = np.arange(65536, dtype=np.float64)
-        table = (np.clip((levels - lo) / max(hi - lo, 1e-9), 0, 1) * 255.0).astype(np.uint8)
-        return Image.fromarray(table[arr], mode="L")
+        return Image.fromarray(sixteen_bit_to_8bit(np.asarray(img)), mode="L")
     if img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
-        scaled = np.clip((arr - lo) / max(hi - lo, 1e-9), 0, 1) * 255.0
-        return Image.fromarray(scaled.astype(np.uint8), mode="L")
+        return Image.fromarray(window_to_8bit(arr, *percentile_window(arr)), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -147,8 +178,8 @@ def _to_grayscale(img: Image.Image) -> Image.Image:
     return img.convert("L")  # RGB, CMYK, YCbCr, P, 1
 
 
-def preprocess_image(img: Image.Image, cfg: ImagingConfig, reserve=None) -> np.ndarray:
-    """Opened PIL image -> uint8 ``[S, S]`` (the cached and served representation).
+def preprocess_image(img, cfg: ImagingConfig, reserve=None) -> np.ndarray:
+    """Opened image (:func:`open_image`) -> uint8 ``[S, S]`` (the cached and served representation).
 
     The pixels are decoded only if :func:`decode_cost` fits ``MAX_DECODE_BYTES``; ``reserve``
     (optional: bytes -> context manager) lets a server hold that much of a shared memory budget
@@ -163,9 +194,11 @@ def preprocess_image(img: Image.Image, cfg: ImagingConfig, reserve=None) -> np.n
         return _decode(img, cfg)
 
 
-def _decode(img: Image.Image, cfg: ImagingConfig) -> np.ndarray:
+def _decode(img, cfg: ImagingConfig) -> np.ndarray:
     size = cfg.image_size
     try:
+        if not isinstance(img, Image.Image):
+            img = img.decode()  # a DICOM's pixels, as 8-bit gray: from here on, as a PNG's
         img = ImageOps.exif_transpose(img)
         img.load()
         gray = _to_grayscale(img)

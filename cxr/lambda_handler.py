@@ -8,8 +8,10 @@ It is loaded once per container (cold start) and reused.
 Requests (API Gateway REST or HTTP API events, body usually base64 as API Gateway sends
 binary media):
 
-- ``POST .../predict`` with the image bytes as the body (``Content-Type: image/jpeg`` or
-  ``image/png``; any other binary type is sniffed) -> one prediction;
+- ``POST .../predict`` with the image bytes as the body (``Content-Type: image/jpeg``,
+  ``image/png`` or ``application/dicom``; any other binary type is sniffed) -> one prediction
+  (list ``application/dicom`` among the API's binary media types, or API Gateway sends DICOM
+  as text);
 - ``POST`` with JSON ``{"image": "<base64>"}`` -> one prediction, or
   ``{"images": ["<base64>", ...]}`` -> a batch (per-image results and errors);
 - ``POST .../explain`` (either body) -> the prediction plus the heatmap, as the service's

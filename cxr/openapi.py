@@ -36,7 +36,7 @@ ERROR_SCHEMA = {
         "detail": {"description": "Field-level details of a validation error"},
     },
 }
-IMAGE_FILE = {"type": "string", "format": "binary", "minLength": 1, "description": "A chest X-ray: JPEG or PNG"}
+IMAGE_FILE = {"type": "string", "format": "binary", "minLength": 1, "description": "A chest X-ray: JPEG, PNG or DICOM"}
 IMAGE_FORM = {"type": "object", "required": ["image"], "properties": {"image": IMAGE_FILE}}
 URL_JSON = {"type": "object", "required": ["url"], "additionalProperties": False,
             "properties": {"url": {"type": "string", "format": "uri",
