@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import os
 import re
@@ -31,6 +30,8 @@ from PIL import Image
 
 from cxr import LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
 from cxr.imaging import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, preprocess_bytes
+from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
+from cxr.records.model_card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -234,24 +235,13 @@ def fetch_url(url: str, policy: UrlPolicy) -> bytes:
 # ---------------------------------------------------------------- the served model
 
 
-def _imaging_from(card: dict) -> ImagingConfig:
-    """The imaging config the model was trained with, from its card (the record that travels
-    with the model files; the store's metadata only shows a copy of it)."""
-    cfg = (card.get("model") or {}).get("imaging")
-    if not cfg:
-        raise UserError("the model card carries no 'imaging' config: re-export the model")
-    return ImagingConfig.from_params(dict(cfg))
-
-
 @dataclass
 class ServedModel:
     """An exported model directory (model.tflite, model_card.json) ready to serve."""
 
     path: Path
     tag: str
-    imaging: ImagingConfig
-    threshold: float
-    card: dict
+    card: ModelCard  # the record that travels with the files: imaging and threshold come from it
     tflite_threads: int | None = None
 
     def __post_init__(self):
@@ -266,19 +256,22 @@ class ServedModel:
     @classmethod
     def load(cls, path: str | Path, tag: str | None = None, tflite_threads: int | None = None) -> "ServedModel":
         path = Path(path)
-        for name in ("model.tflite", "model_card.json"):
-            if not (path / name).is_file():
-                raise UserError(f"{path} lacks {name}: not an exported cxr model (re-export it)")
-        card = json.loads((path / "model_card.json").read_text())
-        threshold = card.get("decision_threshold")  # the card is the record; store metadata shows copies
-        if threshold is None:
-            raise UserError(f"model {tag or path} has no decision_threshold")
-        return cls(path=path, tag=tag or card.get("name", path.name), imaging=_imaging_from(card),
-                   threshold=float(threshold), card=card, tflite_threads=tflite_threads)
+        if not (path / "model.tflite").is_file():
+            raise UserError(f"{path} lacks model.tflite: not an exported cxr model (re-export it)")
+        card = ModelCard.read(path)
+        return cls(path=path, tag=tag or card.name, card=card, tflite_threads=tflite_threads)
+
+    @property
+    def imaging(self) -> ImagingConfig:
+        return self.card.imaging
+
+    @property
+    def threshold(self) -> float:
+        return self.card.decision_threshold
 
     @property
     def synthetic(self) -> bool:
-        return bool((self.card.get("data") or {}).get("synthetic", False))
+        return self.card.synthetic
 
     # -- inference
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -302,7 +295,7 @@ class ServedModel:
         return prediction(probability, self.threshold, self.tag, synthetic=self.synthetic)
 
     def model_card(self) -> dict:
-        card_md = self.path / "model_card.md"
+        card_md = self.path / CARD_MARKDOWN
         return without_local_details({
             "model_tag": self.tag,
             "decision_threshold": self.threshold,
@@ -313,7 +306,7 @@ class ServedModel:
                         "explain": "the same TFLite pass: class activation map at out_relu (= Grad-CAM for this head)"},
             "notice": SCREENING_NOTICE,
             "warning": SYNTHETIC_WARNING if self.synthetic else None,
-            "card": {k: v for k, v in self.card.items() if k != "files"},  # no server paths
+            "card": {k: v for k, v in self.card.to_dict().items() if k != "files"},  # no server paths
             "card_markdown": card_md.read_text() if card_md.is_file() else None,
         })
 
