@@ -3,7 +3,9 @@
 APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (several),
 ``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card); and
 ``/predict_raw`` (POST the image file itself as the body: /predict's answer for less CPU).
-Health: ``/livez``, ``/readyz``, ``/metrics`` (BentoML's). Web page: ``/ui/``.
+Health: ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with the cxr_* metrics of
+cxr/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
+trail (``$CXR_AUDIT``, :mod:`cxr.audit`); every response carries ``X-Request-ID``.
 
 Everything that is not BentoML plumbing lives in :mod:`cxr.serving`, shared with the
 Lambda handler; preprocessing is :func:`cxr.imaging.preprocess_bytes`, as in training.
@@ -25,8 +27,8 @@ from typing import Optional
 import bentoml
 from starlette.responses import JSONResponse
 
-from cxr import UserError, bentoml_patches, serving
-from cxr.asgi import MAX_CONNECTIONS, BodyLimit
+from cxr import UserError, audit, bentoml_patches, serving
+from cxr.asgi import MAX_CONNECTIONS, BodyLimit, RequestId
 from cxr.openapi import OpenAPIContract
 from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
@@ -60,6 +62,7 @@ def resolve_model_tag() -> str:
 try:
     MODEL_TAG = resolve_model_tag()
     verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
+    AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/audit.py)
 except UserError as exc:  # fail fast, with the reason, before any worker starts
     print(f"cxr service: cannot start: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -96,6 +99,7 @@ class CXRScreening:
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
         self.url_policy = serving.UrlPolicy.from_env()
         self.explain_lane = serving.BackgroundLane("cxr-explain")
+        self.audit = audit.Audit(AUDIT)
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
                  f"allowed for {list(self.url_policy.allowlist)}" if self.url_policy.allowlist else "off")
@@ -106,28 +110,40 @@ class CXRScreening:
         if image is None and not url:
             raise serving.RequestError(
                 "no image: send the file in the multipart field 'image' (or JSON {\"url\": ...} if enabled)", 400)
-        return _read(image) if image is not None else serving.fetch_url(url, self.url_policy)
+        if image is not None:
+            return _read(image)
+        try:
+            return serving.fetch_url(url, self.url_policy)
+        except serving.RequestError as exc:
+            raise audit.url_refusal(exc) from None
 
-    def _image(self, image: Optional[Path], url: Optional[str]):
-        return serving.decode(self._image_bytes(image, url), self.model.imaging)
+    def _image(self, image: Optional[Path], url: Optional[str], record: audit.Record):
+        return serving.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
+
+    # Each image route writes its audit lines and counts its metrics through an audit.Record
+    # (cxr/audit.py): answered, refused, or (an unexpected exception) a server error.
 
     @bentoml.api
     def predict(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
         """One JPEG/PNG chest X-ray -> label, probability, decision threshold, model tag, notice.
 
         (``POST /predict_raw`` answers the same for the file itself as the request body.)"""
-        try:
-            return self.model.predict_bytes(self._image_bytes(image, url))
-        except serving.RequestError as exc:
-            return _error(exc)
+        with self.audit.begin("/predict", self.model.tag) as record:
+            try:
+                return record.answer(self.model.predict_bytes(record.input(self._image_bytes(image, url))))
+            except serving.RequestError as exc:
+                return _error(record.refuse(exc))
 
     @bentoml.api
     def predict_batch(self, images: list[Path]) -> dict:
         """Several images in one call; each gets its own result or its own error."""
-        try:
-            return serving.predict_many(self.model, [_read(p) for p in images])
-        except serving.RequestError as exc:
-            return _error(exc)
+        with self.audit.begin("/predict_batch", self.model.tag) as record:
+            try:
+                errors: dict = {}
+                answer = serving.predict_many(self.model, record.inputs([_read(p) for p in images]), errors)
+                return record.batch(answer, errors)
+            except serving.RequestError as exc:
+                return _error(record.refuse(exc))
 
     @bentoml.api
     async def explain(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
@@ -135,10 +151,12 @@ class CXRScreening:
 
         Computed in the background lane (one low-priority thread per worker), so explanations
         queue behind each other, not in front of /predict."""
-        try:
-            return await self.explain_lane.run(lambda: serving.explanation(self.model, self._image(image, url)))
-        except serving.RequestError as exc:
-            return _error(exc)
+        with self.audit.begin("/explain", self.model.tag) as record:  # the request id is read here, not in the lane
+            try:
+                return record.answer(await self.explain_lane.run(
+                    lambda: serving.explanation(self.model, self._image(image, url, record))))
+            except serving.RequestError as exc:
+                return _error(record.refuse(exc))
 
     @bentoml.api
     def metadata(self) -> dict:
@@ -146,6 +164,7 @@ class CXRScreening:
         return self.model.model_card()
 
 
+CXRScreening.add_asgi_middleware(RequestId)  # first: X-Request-ID on every response, the others' refusals too
 CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
 CXRScreening.add_asgi_middleware(OpenAPIContract)  # /docs.json says what the service really does
 
@@ -168,20 +187,22 @@ async def predict_raw(request):
     import anyio
 
     global _raw_limiter
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type.startswith(_NOT_RAW):
-        return _error(serving.RequestError(
-            f"/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png "
-            f"or application/octet-stream), not {content_type}: send forms and JSON to /predict", 415))
-    body = await request.body()
-    if _raw_limiter is None:  # created in the event loop; as many threads as the BentoML APIs get
-        _raw_limiter = anyio.CapacityLimiter(API_THREADS)
     service = bentoml.get_current_service()
-    try:
-        answer = await anyio.to_thread.run_sync(service.model.predict_bytes, body, limiter=_raw_limiter)
-    except serving.RequestError as exc:
-        return _error(exc)
-    return JSONResponse(answer)
+    with service.audit.begin("/predict_raw", service.model.tag) as record:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type.startswith(_NOT_RAW):
+            return _error(record.refuse(serving.RequestError(
+                f"/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png "
+                f"or application/octet-stream), not {content_type}: send forms and JSON to /predict", 415)))
+        body = await request.body()
+        if _raw_limiter is None:  # created in the event loop; as many threads as the BentoML APIs get
+            _raw_limiter = anyio.CapacityLimiter(API_THREADS)
+        try:  # the input's sha256 too is computed in the thread, not the event loop
+            answer = await anyio.to_thread.run_sync(lambda: service.model.predict_bytes(record.input(body)),
+                                                    limiter=_raw_limiter)
+        except serving.RequestError as exc:
+            return _error(record.refuse(exc))
+        return JSONResponse(record.answer(answer))
 
 
 def _ui_app():

@@ -12,12 +12,45 @@ import time
 from starlette.responses import JSONResponse
 
 from cxr import serving
+from cxr.audit import REQUEST_ID, REQUEST_ID_HEADER, request_id_for
 
 BODY_GRACE_S = float(os.environ.get("CXR_BODY_GRACE_S", "5"))
 BODY_MIN_RATE = int(os.environ.get("CXR_BODY_MIN_RATE", "16000"))  # bytes/s on average, after the grace
 BODY_BUFFER_BYTES = int(os.environ.get("CXR_BODY_BUFFER_MIB", "512")) * 2**20  # per worker
 MAX_IN_FLIGHT = int(os.environ.get("CXR_MAX_IN_FLIGHT", "64"))  # per worker, bodies complete
 MAX_CONNECTIONS = int(os.environ.get("CXR_MAX_CONNECTIONS", "4096"))  # per service, BentoML's max_concurrency
+
+
+class RequestId:
+    """Every HTTP request gets an id: the client's ``X-Request-ID`` when it is a sane token, else
+    a fresh one (:func:`cxr.audit.request_id_for`). The handlers read it from
+    :data:`cxr.audit.REQUEST_ID` (the audit trail's ``request_id``); every response carries it
+    back as ``X-Request-ID``, errors included. Added before the other middlewares, so that their
+    refusals carry it too."""
+
+    HEADER = REQUEST_ID_HEADER.encode("latin-1")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        incoming = next((v for k, v in scope.get("headers") or [] if k.lower() == self.HEADER), None)
+        request_id = request_id_for(incoming)
+        encoded = request_id.encode("latin-1")
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers") or [] if k.lower() != self.HEADER]
+                message = {**message, "headers": [*headers, (self.HEADER, encoded)]}
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            return await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 class BodyLimit:

@@ -61,12 +61,19 @@ STATUS_BY_KIND = {
 }
 
 
-class RequestError(UserError):
-    """A refused request: ``status`` is the HTTP status, ``str(exc)`` the message for the caller."""
+# A refusal's reason code (the audit trail's ``refusal``) when the raiser names none.
+REASON_BY_STATUS = {400: "bad_request", 403: "url_refused", 408: "too_slow", 413: "too_large", 415: "unsupported",
+                    422: "unprocessable", 429: "busy", 503: "busy"}
 
-    def __init__(self, message: str, status: int = 400):
+
+class RequestError(UserError):
+    """A refused request: ``status`` is the HTTP status, ``str(exc)`` the message for the caller,
+    ``reason`` a short code for the audit trail (an ImageError's kind, else from the status)."""
+
+    def __init__(self, message: str, status: int = 400, reason: str | None = None):
         super().__init__(message)
         self.status = status
+        self.reason = reason or REASON_BY_STATUS.get(status, "bad_request" if status < 500 else "server_error")
 
     def to_dict(self) -> dict:
         return {"error": without_local_details(str(self)), "status": self.status}
@@ -131,7 +138,7 @@ DECODE_BUDGET = DecodeBudget.from_env()
 def decode(data: bytes | None, cfg: ImagingConfig, *, what: str = "image") -> np.ndarray:
     """Uploaded bytes -> uint8 ``[S, S]`` via :func:`cxr.imaging.preprocess_bytes`, or RequestError."""
     if data is None or len(data) == 0:
-        raise RequestError(f"empty {what}: no image bytes received (send a JPEG, PNG or DICOM file)", 400)
+        raise RequestError(f"empty {what}: no image bytes received (send a JPEG, PNG or DICOM file)", 400, "empty")
     if len(data) > MAX_BYTES:
         raise RequestError(f"{what} too large: {len(data)} bytes (limit {MAX_BYTES})", 413)
     if sniff(data) is None:
@@ -142,12 +149,14 @@ def decode(data: bytes | None, cfg: ImagingConfig, *, what: str = "image") -> np
     except RequestError:
         raise
     except ImageError as exc:
-        raise RequestError(f"{what}: {exc}", STATUS_BY_KIND.get(exc.kind, 422)) from None
+        raise RequestError(f"{what}: {exc}", STATUS_BY_KIND.get(exc.kind, 422),
+                           exc.kind if exc.kind in STATUS_BY_KIND else "corrupt") from None
     except (MemoryError, Image.DecompressionBombError) as exc:  # belt and braces
-        raise RequestError(f"{what} refused: too large to decode ({type(exc).__name__})", 413) from None
+        raise RequestError(f"{what} refused: too large to decode ({type(exc).__name__})", 413,
+                           "too_many_pixels") from None
     except Exception as exc:  # noqa: BLE001 - a decoder bug must be a 4xx about this input, not a 500
         log.warning("decoder failed on an upload: %s", type(exc).__name__)
-        raise RequestError(f"{what} could not be decoded: {type(exc).__name__}", 422) from None
+        raise RequestError(f"{what} could not be decoded: {type(exc).__name__}", 422, "corrupt") from None
 
 
 # ---------------------------------------------------------------- safe URL fetching
@@ -411,19 +420,23 @@ def explanation(model: ServedModel, image: np.ndarray) -> dict:
     }
 
 
-def predict_many(model: ServedModel, items: list[bytes | None]) -> dict:
+def predict_many(model: ServedModel, items: list[bytes | None], errors: dict | None = None) -> dict:
     """Batch answer: one result per item, in order (``index``); a bad item gets its own error and
-    status, the others are scored in one TFLite call."""
+    status, the others are scored in one TFLite call. An ``errors`` dict, if given, receives each
+    refused item's RequestError by index (for the audit trail's reason codes)."""
+    errors = {} if errors is None else errors
     if not items:
         raise RequestError("no images: send one or more files in the multipart field 'images'", 400)
     if len(items) > MAX_BATCH_IMAGES:
-        raise RequestError(f"too many images: {len(items)} (limit {MAX_BATCH_IMAGES} per request)", 413)
+        raise RequestError(f"too many images: {len(items)} (limit {MAX_BATCH_IMAGES} per request)", 413,
+                           "too_many_images")
     arrays, results = [], []
     for index, data in enumerate(items):
         try:
             arrays.append((index, decode(data, model.imaging, what=f"image {index}")))
             results.append(None)
         except RequestError as exc:
+            errors[index] = exc
             results.append({"index": index, **exc.to_dict()})
     if arrays:
         probs = model.probabilities(np.stack([a for _, a in arrays]))
