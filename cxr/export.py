@@ -26,17 +26,18 @@ def save_tflite(saved_model_dir: Path, out: Path) -> None:
 
 
 def with_activation_map(model):
-    """The model with a second output: the class activation map ``[N, h, w, 1]``, the logit's
-    Dense kernel applied at every position of the last feature map (see :mod:`cxr.runtime`)."""
+    """The model with two more outputs: the class activation map ``[N, h, w, 1]``, the logit's
+    Dense kernel applied at every position of the last feature map (see :mod:`cxr.runtime`), and
+    the pooled embedding ``[N, D]`` the not-a-chest-X-ray detector scores (:mod:`cxr.ood`)."""
     import keras
 
-    from cxr.model import LAST_CONV
+    from cxr.model import LAST_CONV, POOLED
 
     kernel, _ = model.get_layer("logit").get_weights()
     cam = keras.layers.Dense(1, use_bias=False, name="class_activation")
     out = cam(model.get_layer(LAST_CONV).output)
     cam.set_weights([kernel])
-    return keras.Model(model.input, [model.output, out], name="screening_with_map")
+    return keras.Model(model.input, [model.output, out, model.get_layer(POOLED).output], name="screening_with_map")
 
 
 def export_all(model, out_dir: Path) -> dict[str, Path]:

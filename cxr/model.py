@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5"
 LAST_CONV = "out_relu"  # MobileNetV2's last activation map (Grad-CAM target)
+POOLED = "pooled"  # its global average: the embedding
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 BACKBONES = ("mobilenet_v2", "small_cnn")
@@ -148,7 +149,7 @@ def build(image_size: int, arch: Architecture | None = None, weights: str | None
                 f"or pre-fill $KERAS_HOME/models/"
             ) from None
         last = backbone.output
-    features = layers.GlobalAveragePooling2D(name="pooled")(last)
+    features = layers.GlobalAveragePooling2D(name=POOLED)(last)
     features = layers.Dropout(arch.dropout, name="dropout")(features)
     logit = layers.Dense(1, name="logit")(features)
     probability = layers.Activation("sigmoid", name="probability", dtype="float32")(logit)
@@ -248,6 +249,21 @@ def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         batch = to_model_input(images[start : start + batch_size])
         out.append(np.asarray(fn(tf.constant(batch))).reshape(-1))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def embeddings(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The pooled features ``[N, D]`` (the input of the logit) for uint8 ``[N, S, S]`` images: what
+    the not-a-chest-X-ray detector (:mod:`cxr.ood`) scores; ``model.tflite`` outputs the same."""
+    import keras
+
+    from cxr.imaging import to_model_input
+
+    sub = getattr(model, "_cxr_embedding_model", None)
+    if sub is None:
+        sub = model._cxr_embedding_model = keras.Model(model.input, model.get_layer(POOLED).output)
+    out = [np.asarray(sub(to_model_input(images[i : i + batch_size]), training=False))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, sub.output.shape[-1]), np.float32)
 
 
 def grad_cam(model, image: np.ndarray) -> tuple[np.ndarray, float]:

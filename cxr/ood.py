@@ -41,6 +41,7 @@ from cxr import UserError, params
 from cxr.io import atomic_path
 
 FORMAT = "cxr-ood-detector"
+FILE_NAME = "ood.npz"  # in an export folder, beside the model whose embedding it reads
 FORMAT_VERSION = 1
 SHRINKAGE_METHODS = ("ledoit_wolf", "oas")
 EDGE_STEP = 64  # grey levels between neighbours: a jump no blurred radiograph makes, text and screens do
@@ -60,22 +61,29 @@ class OodConfig:
 
     val_pass_rate: float = 0.995
     shrinkage: str | float = "ledoit_wolf"  # ledoit_wolf | oas | a fixed shrinkage in (0, 1]
+    # The threshold is the validation quantile times this: the quantile of a maximum over many
+    # tests, taken on a few hundred images, sits below the one new X-rays reach.
+    threshold_margin: float = 1.0
 
     @classmethod
     def from_params(cls, cfg: dict) -> "OodConfig":
         if not isinstance(cfg, dict):
             raise UserError(f"params.yaml: 'ood' must be a mapping, got {cfg!r}")
-        merged = {"val_pass_rate": cls.val_pass_rate, "shrinkage": cls.shrinkage, **cfg}
+        merged = {"val_pass_rate": cls.val_pass_rate, "shrinkage": cls.shrinkage,
+                  "threshold_margin": cls.threshold_margin, **cfg}
         rate = params.in_range(params.require(merged, "val_pass_rate", float, "ood"), 0.5, 1.0, "ood.val_pass_rate")
         shrinkage = merged["shrinkage"]
         numeric = isinstance(shrinkage, (int, float)) and not isinstance(shrinkage, bool)
         if not (shrinkage in SHRINKAGE_METHODS or (numeric and 0.0 < shrinkage <= 1.0)):
             raise UserError(f"params.yaml: 'ood.shrinkage' must be one of {SHRINKAGE_METHODS} or a number in "
                             f"(0, 1], got {shrinkage!r}")
-        return cls(val_pass_rate=rate, shrinkage=float(shrinkage) if numeric else shrinkage)
+        margin = params.in_range(params.require(merged, "threshold_margin", float, "ood"), 1.0, 10.0,
+                                 "ood.threshold_margin")
+        return cls(val_pass_rate=rate, shrinkage=float(shrinkage) if numeric else shrinkage, threshold_margin=margin)
 
     def to_dict(self) -> dict:
-        return {"val_pass_rate": self.val_pass_rate, "shrinkage": self.shrinkage}
+        return {"val_pass_rate": self.val_pass_rate, "shrinkage": self.shrinkage,
+                "threshold_margin": self.threshold_margin}
 
 
 @dataclass(frozen=True)
@@ -348,7 +356,7 @@ def fit(train: Features, val: Features, cfg: OodConfig) -> OodDetector:
     test_scale = np.array([max(pass_threshold(raw[:, j], cfg.val_pass_rate), TEST_SCALE_FLOOR)
                            for j in range(raw.shape[1])])
     scored = OodDetector(mean, scale, whiten, center, stat_scale, test_scale, threshold=0.0)
-    threshold = pass_threshold(scored.score(val), cfg.val_pass_rate)
+    threshold = pass_threshold(scored.score(val), cfg.val_pass_rate) * cfg.threshold_margin
     passed = int((scored.score(val) <= threshold).sum())
     info = {
         "config": cfg.to_dict(),
@@ -407,3 +415,4 @@ def report(detector: OodDetector, xray: Features, non_xray_by_family: dict[str, 
             "by_family": families,
         },
     }
+

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from cxr import UserError
 from cxr.io import file_digests, write_json
+from cxr.ood import FILE_NAME as OOD_FILE
 from cxr.records.model_card import JSON_NAME as CARD_JSON
 from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
 from cxr.records.model_card import ModelCard
 
 MODEL_NAME = "cxr-pneumonia"
 EXPORT_FILES = ("model.keras", "model.tflite", CARD_JSON, CARD_MARKDOWN)
+OPTIONAL_FILES = (OOD_FILE,)  # exports from before the not-a-chest-X-ray detector lack it
 LINEAGE_FILE = "lineage.json"  # the full metadata, nulls included, beside the files
 
 
@@ -129,7 +131,8 @@ def add(export_dir: str | Path, verdict: dict | None = None):
     if missing:
         raise UserError(f"{export_dir} lacks {missing}: run the export stage first")
     card = ModelCard.read(export_dir)
-    digests = file_digests(export_dir, EXPORT_FILES)  # recorded at promotion, checked at load
+    files = EXPORT_FILES + tuple(f for f in OPTIONAL_FILES if (export_dir / f).exists())
+    digests = file_digests(export_dir, files)  # recorded at promotion, checked at load
     scored = next((r.get("files_sha256") for r in (verdict or {}).get("rescored") or []
                    if r.get("name") == "challenger"), None)
     changed = sorted(n for n, d in (scored or {}).items() if digests.get(n) != d)
@@ -140,7 +143,7 @@ def add(export_dir: str | Path, verdict: dict | None = None):
     metadata["files_sha256"] = digests
     # create() writes into a temporary directory and saves on a clean exit only.
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=store_safe(metadata)) as model:
-        for name in EXPORT_FILES:
+        for name in files:
             shutil.copy2(export_dir / name, Path(model.path) / name)
         write_json(Path(model.path) / LINEAGE_FILE, {"labels": labels, "metadata": metadata})
     return bentoml.models.get(model.tag)

@@ -30,9 +30,12 @@ class TFLiteModel:
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
         self._batch = int(self.input["shape"][0])
-        ranks = [len(o["shape"]) for o in self.outputs]
-        self._prob = ranks.index(2)  # [N, 1]
-        self._map = ranks.index(4) if 4 in ranks else None  # [N, h, w, 1]; absent in older exports
+        # Told apart by shape (the file does not keep the outputs' order): the probability [N, 1],
+        # the activation map [N, h, w, 1] and the embedding [N, D] (D > 1); older exports lack the last two.
+        shapes = [tuple(o["shape"]) for o in self.outputs]
+        self._prob = next(i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] == 1)
+        self._map = next((i for i, s in enumerate(shapes) if len(s) == 4), None)
+        self._embedding = next((i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] > 1), None)
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         """Every output, in the file's order, for uint8 ``[N, S, S]`` images."""
@@ -49,13 +52,31 @@ class TFLiteModel:
         """Probabilities for uint8 ``[N, S, S]`` images."""
         return self.run(images)[self._prob].reshape(-1)
 
+    @property
+    def has_embedding(self) -> bool:
+        return self._embedding is not None
+
+    def predict_with_embedding(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities ``[N]``, embeddings ``[N, D]``) from one forward pass."""
+        if self._embedding is None:
+            raise UserError("this model.tflite has no embedding output: re-export it")
+        outs = self.run(images)
+        return outs[self._prob].reshape(-1), outs[self._embedding]
+
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """(heatmap in [0, 1] at the image's size, probability) for one uint8 ``[S, S]`` image,
         from one forward pass."""
+        heat, probability, _ = self.explain_with_embedding(image)
+        return heat, probability
+
+    def explain_with_embedding(self, image: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
+        """:meth:`explain` and the embedding ``[1, D]`` of the same pass (None in older exports)."""
         if self._map is None:
             raise UserError("this model.tflite has no activation-map output: re-export it to explain")
         outs = self.run(image[None])
-        return activation_map(outs[self._map][0, ..., 0], image.shape[0]), float(outs[self._prob].reshape(-1)[0])
+        embedding = outs[self._embedding] if self._embedding is not None else None
+        return (activation_map(outs[self._map][0, ..., 0], image.shape[0]), float(outs[self._prob].reshape(-1)[0]),
+                embedding)
 
 
 def resize_bilinear(values: np.ndarray, size: int) -> np.ndarray:

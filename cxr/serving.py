@@ -254,6 +254,7 @@ class ServedModel:
     tflite_threads: int | None = None
 
     def __post_init__(self):
+        from cxr import ood
         from cxr.runtime import TFLiteModel
 
         self._tflite = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
@@ -261,6 +262,11 @@ class ServedModel:
         # Explanations get their own interpreter: a /predict never waits for one to finish.
         self._explainer = TFLiteModel(self.path / "model.tflite", num_threads=self.tflite_threads)
         self._explainer_lock = threading.Lock()
+        detector = self.path / ood.FILE_NAME
+        self.detector = ood.load(detector) if detector.is_file() and self._tflite.has_embedding else None
+        if self.detector is None:
+            log.warning("model %s has no not-a-chest-X-ray detector (exported before it existed): every "
+                        "image gets a label; re-export it to refuse what is not a chest X-ray", self.tag)
 
     @classmethod
     def load(cls, path: str | Path, tag: str | None = None, tflite_threads: int | None = None) -> "ServedModel":
@@ -288,16 +294,43 @@ class ServedModel:
         with self._tflite_lock:
             return self._tflite.predict(images)
 
+    def screen(self, images: np.ndarray) -> tuple[np.ndarray, list[RequestError | None]]:
+        """Probabilities and, per image, the refusal when it is not a chest X-ray (None when it
+        is, or when the model has no detector): one forward pass for both."""
+        if self.detector is None:
+            return self.probabilities(images), [None] * len(images)
+        with self._tflite_lock:
+            probs, embedding = self._tflite.predict_with_embedding(images)
+        return probs, self._refusals(embedding, images)
+
+    def _refusals(self, embedding: np.ndarray, images: np.ndarray) -> list[RequestError | None]:
+        from cxr.ood import Features
+
+        features = Features.of(embedding, images)
+        passes = self.detector.passes(features)
+        reasons = self.detector.reasons(features)
+        return [None if ok else not_a_chest_xray(why) for ok, why in zip(passes, reasons)]
+
     def predict_bytes(self, data: bytes | None) -> dict:
-        """Image file bytes -> the answer for one image (RequestError for bad bytes)."""
+        """Image file bytes -> the answer for one image (RequestError for bad bytes, or for an
+        image that is not a chest X-ray)."""
         image = decode(data, self.imaging)
-        return self.answer(float(self.probabilities(image[None])[0]))
+        probs, refusals = self.screen(image[None])
+        if refusals[0] is not None:
+            raise refusals[0]
+        return self.answer(float(probs[0]))
 
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Heatmap in [0, 1] (Grad-CAM at out_relu, as the class activation map) and the
-        probability, from one LiteRT forward pass, for one uint8 ``[S, S]`` image."""
+        probability, from one LiteRT forward pass, for one uint8 ``[S, S]`` image; a
+        RequestError when it is not a chest X-ray."""
         with self._explainer_lock:
-            return self._explainer.explain(image)
+            heat, probability, embedding = self._explainer.explain_with_embedding(image)
+        if self.detector is not None and embedding is not None:
+            refusal = self._refusals(embedding, image[None])[0]
+            if refusal is not None:
+                raise refusal
+        return heat, probability
 
     # -- answers
     def answer(self, probability: float) -> dict:
@@ -312,12 +345,19 @@ class ServedModel:
             "labels": list(LABELS),
             "positive_label": POSITIVE_LABEL,
             "runtime": {"predict": "TFLite (LiteRT)",
-                        "explain": "the same TFLite pass: class activation map at out_relu (= Grad-CAM for this head)"},
+                        "explain": "the same TFLite pass: class activation map at out_relu (= Grad-CAM for this head)",
+                        "not_a_chest_xray": "refused (422) from the same pass's embedding (cxr/ood.py)"
+                        if self.detector is not None else "not detected: this export predates the detector"},
             "notice": SCREENING_NOTICE,
             "warning": SYNTHETIC_WARNING if self.synthetic else None,
             "card": {k: v for k, v in self.card.to_dict().items() if k != "files"},  # no server paths
             "card_markdown": card_md.read_text() if card_md.is_file() else None,
         })
+
+
+def not_a_chest_xray(reasons: list[str]) -> RequestError:
+    return RequestError(f"not a chest X-ray ({'; '.join(reasons) or 'unlike the training X-rays'}): this service "
+                        "screens chest radiographs only and gives no label for other images", 422, "not_a_chest_xray")
 
 
 # An absolute POSIX or Windows path of two or more parts inside a string (not the path part of
@@ -439,9 +479,11 @@ def predict_many(model: ServedModel, items: list[bytes | None], errors: dict | N
             errors[index] = exc
             results.append({"index": index, **exc.to_dict()})
     if arrays:
-        probs = model.probabilities(np.stack([a for _, a in arrays]))
-        for (index, _), p in zip(arrays, probs):
-            results[index] = {"index": index, **model.answer(float(p))}
+        probs, refusals = model.screen(np.stack([a for _, a in arrays]))
+        for (index, _), p, refusal in zip(arrays, probs, refusals):
+            results[index] = {"index": index, **(refusal.to_dict() if refusal else model.answer(float(p)))}
+            if refusal:
+                errors[index] = refusal
     failed = sum(1 for r in results if "error" in r)
     return {"results": results, "count": len(results), "failed": failed,
             "model_tag": model.tag, "notice": SCREENING_NOTICE}

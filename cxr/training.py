@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr import UserError, params
+from cxr import UserError, ood, params
 from cxr.dataset import SplitData
 from cxr.robustness import Reacquire
 
@@ -465,3 +465,43 @@ def _fit_from_scratch(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     if best is not None:
         model.set_weights(best)  # batch-norm statistics are weights too: the best epoch's come back
     return rows
+
+
+# ---------------------------------------------------------------- the not-a-chest-X-ray detector
+
+def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
+    """One randomly re-acquired copy of each preprocessed image (border, compression, blur,
+    resolution, exposure: :func:`cxr.robustness.random_acquisition`), preprocessed again: the
+    X-rays' ordinary variation the detector must let through."""
+    import io
+
+    from PIL import Image
+
+    from cxr.imaging import preprocess_bytes
+    from cxr.robustness import random_acquisition
+
+    rng = np.random.default_rng(seed)
+    out = [preprocess_bytes(random_acquisition(Image.open(io.BytesIO(_png(im))).convert("L"), rng), imaging)
+           for im in images]
+    return np.stack(out) if out else np.zeros((0, imaging.image_size, imaging.image_size), np.uint8)
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,
+                 seed: int) -> ood.OodDetector:
+    """Fit on the training X-rays and one re-acquired copy of each; choose the threshold on the
+    validation X-rays and theirs. ``embed``: uint8 ``[N, S, S]`` -> ``[N, D]`` (the model's)."""
+    def features(images: np.ndarray, view_seed: int) -> ood.Features:
+        both = np.concatenate([images, reacquired(images, imaging, view_seed)])
+        return ood.Features.of(embed(both), both)
+
+    return ood.fit(features(train_images, seed), features(val_images, seed + 1), cfg)

@@ -27,26 +27,12 @@ from pathlib import Path
 
 STAGES = ("download", "validate", "split", "train", "evaluate", "export")
 FLOW_NAME = "cxr-pipeline"
-LOCAL_SERVER = "http://127.0.0.1:4200/api"
-
-
-def _use_local_server_if_running() -> None:
-    """``make prefect-server`` + ``make run`` just works: without PREFECT_API_URL, use a
-    server answering on 127.0.0.1:4200, else Prefect's ephemeral mode."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{LOCAL_SERVER}/health", timeout=1) as resp:
-            if resp.status == 200:
-                os.environ["PREFECT_API_URL"] = LOCAL_SERVER
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":  # before Prefect reads its settings
-    _use_local_server_if_running()
+    from pipelines.local_server import use_local_server_if_running
+
+    use_local_server_if_running()
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402

@@ -19,34 +19,19 @@ import argparse
 import base64
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 FLOW_NAME = "cxr-monitor"
-LOCAL_SERVER = "http://127.0.0.1:4200/api"
 USER_ERROR = "user error: "
 NOT_ENOUGH = "NotEnoughAnswers"
 EXIT = {"stable": 0, "drifted": 1, "user": 2, "insufficient": 3}
 
 
-def _use_local_server_if_running() -> None:
-    """As pipelines.flow does: a Prefect server answering on 127.0.0.1:4200 without
-    PREFECT_API_URL is used, else Prefect's ephemeral mode."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{LOCAL_SERVER}/health", timeout=1) as resp:
-            if resp.status == 200:
-                os.environ["PREFECT_API_URL"] = LOCAL_SERVER
-    except OSError:
-        pass
-
-
 if __name__ == "__main__":  # before Prefect reads its settings
-    _use_local_server_if_running()
+    from pipelines.local_server import use_local_server_if_running
+
+    use_local_server_if_running()
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402

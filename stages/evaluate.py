@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "evaluate", model="the trained model", prepared="the prepared splits",
                   raw="the downloaded data set (re-acquired and stressed test images)",
                   train_summary="the train stage's summary.json (the imaging record)",
+                  ood="the train stage's not-a-chest-X-ray detector",
                   metrics="the metrics.json to write", plots="the plots folder to write",
                   predictions="the predictions CSV to write")
     cfg = params.section("evaluate")
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
                                                    score)
         log.info("served (full-size originals) vs evaluated (224-px copies): %s", diagnostics["served_vs_copy"])
+    diagnostics["ood"] = _ood(model, p.ood, test.images, imaging, params.section("ood"))
     metrics = Evaluation(
         threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
         test=SplitFigures(**ranking(test.labels, test_scores), images=len(test),
@@ -135,6 +137,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     if data.synthetic:
         log.warning(SYNTHETIC_WARNING)
+
+
+def _ood(model, detector_path: Path, test_images: np.ndarray, imaging: ImagingConfig, cfg: dict) -> dict:
+    """The not-a-chest-X-ray refusal on sets it was not fitted or tuned on: the test X-rays (pass
+    rate) and generated non-X-ray images (refusal rate per family)."""
+    from cxr.imaging import preprocess_bytes
+    from cxr.model import embeddings
+    from cxr.non_xray import non_xray_images
+    from cxr.ood import Features, load, report
+
+    detector = load(detector_path)
+    per_family = params.require(cfg, "non_xray_per_family", int, "ood")
+    seed = params.require(cfg, "non_xray_seed", int, "ood")
+    by_family: dict[str, list[np.ndarray]] = {}
+    for family, _, data in non_xray_images(seed, per_family):
+        by_family.setdefault(family, []).append(preprocess_bytes(data, imaging))
+    features = {family: Features.of(embeddings(model, np.stack(images)), images)
+                for family, images in by_family.items()}
+    out = report(detector, Features.of(embeddings(model, test_images), test_images), features)
+    out["val_pass_rate_achieved"] = detector.info.get("val_pass_rate_achieved")
+    log.info("not-a-chest-X-ray: test X-rays pass %s; non-X-ray images refused %s (%s)", out["xray"]["pass_rate"],
+             out["non_xray"]["refusal_rate"],
+             ", ".join(f"{f} {m['refusal_rate']}" for f, m in out["non_xray"]["by_family"].items()))
+    return out
 
 
 def _stress(model, test, raw_dir: Path, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 from cxr import cli, params
 from cxr.dataset import load_split
 from cxr.export import export_all, parity
 from cxr.io import atomic_path
+from cxr.ood import FILE_NAME as OOD_FILE
 from cxr.records import predictions
 from cxr.records.evaluation import Evaluation
 from cxr.records.model_card import ModelCard
@@ -24,7 +28,8 @@ log = logging.getLogger("export")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.paths(argv, "export", model="the trained model", prepared="the prepared splits (parity images)",
+    p = cli.paths(argv, "export", model="the trained model", ood="the not-a-chest-X-ray detector",
+                  prepared="the prepared splits (parity images)",
                   source="the download stage's source.json", metrics="the evaluate stage's metrics.json",
                   predictions="the evaluate stage's predictions (the drift monitor's reference)",
                   train_summary="the train stage's summary.json", out="the export folder to write")
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     n_images = params.require(cfg, "parity_images", int, "export")
     import keras
 
-    from cxr.model import predict
+    from cxr.model import embeddings, predict
 
     evaluation, summary = Evaluation.read(p.metrics), TrainSummary.read(p.train_summary)
     model = keras.saving.load_model(p.model)
@@ -43,7 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(p.out) as tmp:
         tmp.mkdir(parents=True)
         files = export_all(model, tmp)
-        checks = [parity(keras_probs, TFLiteModel(files["tflite"]).predict(sample), tolerance, "tflite (LiteRT)")]
+        tflite_probs, tflite_embedding = TFLiteModel(files["tflite"]).predict_with_embedding(sample)
+        checks = [parity(keras_probs, tflite_probs, tolerance, "tflite (LiteRT)")]
+        keras_embedding = embeddings(model, sample)
+        scale = max(float(np.abs(keras_embedding).max()), 1e-12)  # the detector reads the embedding: same check
+        checks.append(parity(keras_embedding.ravel() / scale, tflite_embedding.ravel() / scale, tolerance,
+                             "tflite embedding (relative to its largest value)"))
+        shutil.copy2(p.ood, tmp / OOD_FILE)
         reloaded = keras.saving.load_model(files["keras"])
         checks.append(parity(keras_probs, predict(reloaded, sample), tolerance, "keras (reloaded)"))
         card = ModelCard.build(

@@ -1,8 +1,8 @@
 """train: MobileNetV2 transfer learning on the prepared splits (with ``train.weights: none``,
 the ``model.from_scratch`` network trained whole).
 
-Reads params ``train``, ``model``, ``imaging`` and ``acquisition``; writes ``models/model.keras`` (calibrated,
-the full inference model), ``reports/train/history.csv`` (per-epoch curves, a DVC plot)
+Reads params ``train``, ``model``, ``imaging``, ``acquisition`` and ``ood``; writes ``models/model.keras``
+(calibrated, the full inference model), ``models/ood.npz`` (the not-a-chest-X-ray detector on its embedding), ``reports/train/history.csv`` (per-epoch curves, a DVC plot)
 and ``reports/train/summary.json``.
 """
 
@@ -19,9 +19,10 @@ from cxr.acquisition import ClassAcquisition
 from cxr.dataset import SplitData, load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import atomic_path, write_csv
-from cxr.model import Architecture, build, resolve_weights, weights_fingerprint
+from cxr.model import Architecture, build, embeddings, resolve_weights, weights_fingerprint
+from cxr.ood import OodConfig
 from cxr.records.train_summary import TrainSummary
-from cxr.training import TrainConfig, train
+from cxr.training import TrainConfig, fit_on_views, train
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
@@ -29,7 +30,8 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 
 def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "train", prepared="the prepared splits", raw="the downloaded data set (re-acquired views)",
-                  model="the model file to write", reports="the folder for history.csv and summary.json")
+                  model="the model file to write", reports="the folder for history.csv and summary.json",
+                  ood="the not-a-chest-X-ray detector to write")
     cfg = TrainConfig.from_params(params.section("train"))
     arch = Architecture.from_params(params.section("model"), from_scratch=cfg.weights is None)
     imaging = ImagingConfig.from_params(params.section("imaging"))
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
     write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
+    detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
+                            OodConfig.from_params(params.section("ood")), seed=cfg.seed)
+    detector.save(p.ood)
+    log.info("not-a-chest-X-ray detector: %s of %d validation X-rays and their re-acquired copies pass",
+             detector.info["val_pass_rate_achieved"], detector.info["val_images"])
     summary.write(p.reports / "summary.json")
     log.info("saved %s (%.0f s): %s", p.model, summary.wall_time_s, summary.calibration)
 

@@ -114,8 +114,9 @@ class ModelCard:
         synthetic = bool(source.get("synthetic", False))
         monitoring = None
         if val_probabilities is not None:
+            passed = (evaluation.get("ood") or {}).get("val_pass_rate_achieved")
             monitoring = {"val_probabilities": [round(float(p), 4) for p in val_probabilities],
-                          "val_refusal_rate": 0.0}
+                          "val_refusal_rate": round(1.0 - passed, 4) if passed is not None else 0.0}
         return cls(
             name=f"cxr-pneumonia-{summary.backbone.replace('_', '')}",
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -243,6 +244,7 @@ def _markdown(card: dict) -> str:
         *_audit_lines(card["metrics"].get("shortcut_audit"), (card.get("training_views") or {}).get("shortcut_audit_views")),
         *_served_lines(card["metrics"].get("served_vs_copy")),
         *_stress_lines(card["metrics"].get("stress")),
+        *_ood_lines(card["metrics"].get("ood")),
         "## Data",
         f"Source: `{data.get('source')}`; dataset hash `{data.get('dataset_hash')}`.",
         "",
@@ -264,6 +266,22 @@ def _markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ood_lines(ood: dict | None) -> list[str]:
+    if not ood:
+        return []
+    xray, non = ood["xray"], ood["non_xray"]
+    lines = ["## Not a chest X-ray: refused",
+             "Uploads unlike the training X-rays (the model's embedding far from theirs, or image statistics no "
+             "radiograph has) are answered 422 with the reason, never labelled (cxr/ood.py). The threshold lets "
+             f"{ood.get('val_pass_rate_achieved')} of the validation X-rays and their re-acquired copies pass "
+             f"(target {ood.get('val_pass_rate')}). Measured on sets it was neither fitted nor tuned on: the test "
+             f"X-rays pass at {xray['pass_rate']} ({xray['passed']} of {xray['images']}); generated non-X-ray "
+             f"images (cxr/non_xray.py) are refused at {non['refusal_rate']} ({non['refused']} of {non['images']}).",
+             "", "| family | images | refused |", "|---|---|---|"]
+    lines += [f"| {family} | {m['images']} | {m['refusal_rate']} |" for family, m in non["by_family"].items()]
+    return lines + [""]
 
 
 def _stress_lines(stress: dict | None) -> list[str]:

@@ -18,7 +18,7 @@ from PIL import Image
 from cxr import UserError
 from cxr.imaging import ImagingConfig, preprocess_bytes
 from cxr.ood import FORMAT_VERSION, REASONS, Features, ImageStats, OodConfig, fit, load, pass_threshold, report
-from cxr.sources.non_xray import non_xray_images
+from cxr.non_xray import non_xray_images
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 K = len(ImageStats.NAMES)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr.sources import non_xray
-from cxr.sources.non_xray import FAMILIES, non_xray_images
+from cxr import non_xray
+from cxr.non_xray import FAMILIES, non_xray_images
 
 PER_FAMILY = 5
 

@@ -40,7 +40,7 @@ def store(tmp_path, monkeypatch):
 def export_dir(tmp_path, name: str, auc: float, spec: float, split: str = "split-a"):
     out = tmp_path / name
     out.mkdir()
-    for f in ("model.keras", "model.tflite"):
+    for f in ("model.keras", "model.tflite", "ood.npz"):  # ood.npz: hashed and copied when present
         (out / f).write_bytes(os.urandom(256))
     card = {
         "schema": "cxr-model-card/1", "name": "cxr-pneumonia-mobilenetv2",
@@ -158,7 +158,8 @@ def test_file_hashes_are_recorded_and_verified(store, tmp_path):
     out = export_dir(tmp_path, "a", 0.98, 0.85)
     tag = registry.promote(out, {"passed": True})
     model = registry.verify(tag)
-    assert model.info.metadata["files_sha256"] == {f: sha256_file(out / f) for f in registry.EXPORT_FILES}
+    assert model.info.metadata["files_sha256"] == {f: sha256_file(out / f)
+                                                   for f in registry.EXPORT_FILES + registry.OPTIONAL_FILES}
     # One flipped byte in the served file: refused, naming the file.
     tflite = model.path_of("model.tflite")
     data = bytearray(open(tflite, "rb").read())

@@ -1,0 +1,109 @@
+"""What is not a chest X-ray is refused, never labelled: the detector the train stage fits
+(:func:`cxr.training.fit_on_views`), exported beside the TFLite file whose embedding output it
+reads, and the served paths (/predict's ``predict_bytes``, the batch, /explain, the Lambda
+handler) that answer 422 from the same forward pass.
+
+The model is the serving fixtures' tiny network trained on blob images, so its "X-rays" are
+blobs: the test is that what it was fitted on passes and that other kinds of image are refused
+with a reason, not a figure for real X-rays (those are in metrics.json, ``ood``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr.imaging import ImagingConfig, preprocess_bytes
+from cxr.non_xray import non_xray_images
+from tests.serving_fixtures import blob_images, png_bytes, train_tiny
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import dataclasses
+
+    from cxr import ood
+    from cxr.export import export_all
+    from cxr.runtime import TFLiteModel
+    from cxr.serving import ServedModel
+    from cxr.training import fit_on_views
+    from tests.code.test_model_card import card, metrics
+
+    imaging = ImagingConfig(SIZE, "equalize")
+    out = tmp_path_factory.mktemp("with-detector")
+    model = train_tiny(SIZE, 0.35, steps=30)
+    files = export_all(model, out)
+    tflite = TFLiteModel(files["tflite"])
+
+    def embed(images):
+        return tflite.predict_with_embedding(images)[1]
+
+    def blobs(n, seed):
+        raw, _ = blob_images(n, 2 * SIZE, seed)
+        return np.stack([preprocess_bytes(png_bytes(img), imaging) for img in raw])
+
+    detector = fit_on_views(embed, blobs(96, 1), blobs(96, 2), imaging,
+                            ood.OodConfig(val_pass_rate=0.995), seed=3)
+    detector.save(out / ood.FILE_NAME)
+    c = card(metrics())
+    dataclasses.replace(c, imaging=imaging, name="cxr-pneumonia-tiny").write(out)
+    return ServedModel.load(out, tag="cxr-pneumonia:tiny"), blobs
+
+
+def test_what_the_detector_was_fitted_on_passes(served):
+    model, blobs = served
+    held_out = blobs(64, 9)
+    probs, refusals = model.screen(held_out)
+    passed = sum(r is None for r in refusals)
+    print(f"held-out blob 'X-rays' passing: {passed} of {len(held_out)}")
+    assert passed >= 0.95 * len(held_out) and np.all((probs >= 0) & (probs <= 1))
+    assert model.model_card()["runtime"]["not_a_chest_xray"].startswith("refused")
+
+
+def test_other_images_get_422_with_a_reason_and_no_label(served):
+    from cxr.serving import RequestError, predict_many
+
+    model, _ = served
+    images = non_xray_images(seed=1, per_family=2, families=("document", "blank", "screenshot", "noise", "photo"))
+    refused = []
+    for family, name, data in images:
+        try:
+            model.predict_bytes(data)
+        except RequestError as exc:
+            assert exc.status == 422 and exc.reason == "not_a_chest_xray", (name, exc)
+            assert str(exc).startswith("not a chest X-ray (") and "no label" in str(exc)
+            refused.append(family)
+    print(f"non-X-ray images refused: {len(refused)} of {len(images)} ({refused})")
+    for family in ("document", "blank"):  # blob "X-rays" are noise: noise and screenshots may pass here
+        assert refused.count(family) == 2, family
+    batch = predict_many(model, [data for _, _, data in images[:3]])
+    assert batch["failed"] >= 2 and all("label" not in r for r in batch["results"] if "error" in r)
+
+
+def test_explain_refuses_from_the_same_pass(served):
+    from cxr.serving import RequestError, decode
+
+    model, blobs = served
+    heat, probability = model.explain(blobs(1, 11)[0])
+    assert heat.shape == (SIZE, SIZE) and 0 <= probability <= 1
+    _, _, blank = non_xray_images(seed=1, per_family=1, families=("blank",))[0]
+    with pytest.raises(RequestError, match="not a chest X-ray"):
+        model.explain(decode(blank, model.imaging))
+
+
+def test_the_lambda_handler_answers_422(served, monkeypatch):
+    import base64
+
+    from cxr import lambda_handler
+
+    model, _ = served
+    monkeypatch.setenv("CXR_MODEL_DIR", str(model.path))
+    _, _, document = non_xray_images(seed=2, per_family=1, families=("document",))[0]
+    event = {"httpMethod": "POST", "path": "/predict", "headers": {"content-type": "image/png"},
+             "body": base64.b64encode(document).decode(), "isBase64Encoded": True}
+    out = lambda_handler.handler(event)
+    body = json.loads(out["body"])
+    assert out["statusCode"] == 422 and "not a chest X-ray" in body["error"] and "label" not in body
