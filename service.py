@@ -125,7 +125,8 @@ class CXRScreening:
 
     @bentoml.api
     def predict(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
-        """One JPEG/PNG chest X-ray -> label, probability, decision threshold, model tag, notice.
+        """One JPEG/PNG/DICOM chest X-ray -> label, probability, decision threshold, model tag, notice;
+        a 422 for what is not a chest X-ray.
 
         (``POST /predict_raw`` answers the same for the file itself as the request body.)"""
         with self.audit.begin("/predict", self.model.tag) as record:
@@ -192,8 +193,9 @@ async def predict_raw(request):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type.startswith(_NOT_RAW):
             return _error(record.refuse(serving.RequestError(
-                f"/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png "
-                f"or application/octet-stream), not {content_type}: send forms and JSON to /predict", 415)))
+                "/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png, "
+                f"application/dicom or application/octet-stream), not {content_type}: send forms and JSON to "
+                "/predict", 415)))
         body = await request.body()
         if _raw_limiter is None:  # created in the event loop; as many threads as the BentoML APIs get
             _raw_limiter = anyio.CapacityLimiter(API_THREADS)

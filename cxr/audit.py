@@ -41,9 +41,10 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from cxr import UserError
+from cxr.records import audit_line
 from cxr.serving import RequestError, sniff
 
-SCHEMA = "cxr-audit/1"
+SCHEMA = audit_line.SCHEMA
 AUDIT_ENV, MAX_BYTES_ENV, BACKUPS_ENV = "CXR_AUDIT", "CXR_AUDIT_MAX_BYTES", "CXR_AUDIT_BACKUPS"
 DEFAULT_MAX_BYTES = 100 * 2**20
 DEFAULT_BACKUPS = 10
@@ -268,27 +269,9 @@ def describe(data: bytes | None, digest: bool = True) -> dict:
             "format": sniff(data) if data else None}
 
 
-def line(*, route: str, request_id: str, model: str, data: bytes | None = None, answer: dict | None = None,
-         error: RequestError | None = None, status: int | None = None, item: int | None = None,
-         latency_ms: float = 0.0, time_text: str | None = None, digest: bool = True,
-         described: dict | None = None) -> dict:
-    """One ``cxr-audit/1`` record: an ``answer`` (label, probability, decision_threshold), a
-    refusal (``error``), or, with neither, a server error (``status`` 500 unless given). The input
-    is ``data``, or ``described`` already (:func:`describe`)."""
-    if answer is not None:
-        status, refusal = 200, None
-    elif error is not None:
-        status, refusal = error.status, error.reason
-    else:
-        status, refusal = status or 500, None
-    return {
-        "schema": SCHEMA, "time": time_text or now(), "request_id": request_id, "route": route, "item": item,
-        "model": model, **(described or describe(data, digest)),
-        "label": answer["label"] if answer else None,
-        "probability": answer["probability"] if answer else None,
-        "threshold": answer["decision_threshold"] if answer else None,
-        "refusal": refusal, "status": status, "latency_ms": round(latency_ms, 1),
-    }
+def line(*, data: bytes | None = None, digest: bool = True, described: dict | None = None, **fields) -> dict:
+    """One :mod:`cxr.records.audit_line` line; the input is ``data``, or ``described`` already."""
+    return audit_line.build(described=described or describe(data, digest), **fields)
 
 
 class Audit:

@@ -22,7 +22,6 @@ numpy only, so the monitor runs wherever the trail is (scipy is not needed).
 from __future__ import annotations
 
 import glob
-import json
 import math
 import re
 from collections import Counter, deque
@@ -34,9 +33,10 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 
 from cxr import POSITIVE_LABEL, UserError, params
+from cxr.records import audit_line
+from cxr.records.audit_line import is_probability, parse_time  # noqa: F401 - parse_time: for the CLI (--since)
 from cxr.records.model_card import ModelCard
 
-SCHEMA = "cxr-audit/1"
 NO_REFERENCE = "model card has no monitoring reference: re-export the model"
 
 
@@ -81,21 +81,17 @@ def reference_from_card(card: ModelCard) -> dict:
             or not monitoring["val_probabilities"]:
         raise UserError(NO_REFERENCE)
     probs = monitoring["val_probabilities"]
-    if not all(_is_probability(p) for p in probs):
+    if not all(is_probability(p) for p in probs):
         raise UserError("model card: monitoring.val_probabilities must be numbers in [0, 1]: re-export the model")
     refusal_rate = monitoring.get("val_refusal_rate")
     refusal_rate = 0.0 if refusal_rate is None else refusal_rate
-    if not _is_probability(refusal_rate):
+    if not is_probability(refusal_rate):
         raise UserError(f"model card: monitoring.val_refusal_rate must be in [0, 1], got {refusal_rate!r}")
-    if not _is_probability(card.decision_threshold):
+    if not is_probability(card.decision_threshold):
         raise UserError(f"model card has no decision_threshold in [0, 1] (got {card.decision_threshold!r}): "
                         "re-export the model")
     return {"probabilities": [float(p) for p in probs], "refusal_rate": float(refusal_rate),
             "threshold": float(card.decision_threshold), "name": card.name}
-
-
-def _is_probability(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 # -- reading a trail -------------------------------------------------------------------------------
@@ -111,58 +107,6 @@ def trail_files(path: str | Path) -> list[Path]:
     if not files:
         raise UserError(f"audit trail {path} not found (nor any rotated {path.name}.N beside it)")
     return files
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time; one without a zone is taken as UTC (the trail writes UTC)."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except (AttributeError, ValueError):
-        raise UserError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-01T19:30:00+00:00)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
-def _record(line: str) -> tuple[dict | None, str | None]:
-    """One trail line as the fields the monitor reads, or why it is skipped. A line from stdout may
-    carry a logger's prefix before the object: the object is taken from its first brace."""
-    text = line.strip()
-    if not text:
-        return None, "blank"
-    start = text.find("{")
-    if start < 0:
-        return None, "not JSON"
-    try:
-        obj = json.loads(text[start:])
-    except ValueError:
-        return None, "not JSON"
-    if obj.get("schema") != SCHEMA:
-        return None, "other schema"
-    when = obj.get("time")
-    if when is not None:
-        if not isinstance(when, str):
-            return None, "bad time"
-        try:
-            when = parse_time(when)
-        except UserError:
-            return None, "bad time"
-    prob = obj.get("probability")
-    if prob is not None and not _is_probability(prob):
-        return None, "bad probability"
-    threshold = obj.get("threshold")
-    status = obj.get("status")
-    refusal = obj.get("refusal")
-    if refusal is not None and not isinstance(refusal, str):
-        return None, "bad refusal"
-    if prob is not None and refusal is None:
-        kind = "answer"
-    elif refusal is not None or (isinstance(status, int) and 400 <= status < 500):
-        kind = "refusal"
-    else:
-        kind = "error"  # neither answered nor refused (a server error): not the images' doing
-    return {"time": when, "kind": kind, "probability": None if prob is None else float(prob),
-            "label": obj.get("label"), "refusal": refusal or ("unknown" if kind == "refusal" else None),
-            "threshold": float(threshold) if _is_probability(threshold) else None,
-            "model": obj.get("model"), "route": obj.get("route")}, None
 
 
 @dataclass
@@ -211,7 +155,7 @@ def read_trail(source: str | Path | IO[str], *, since: datetime | None = None, l
         if not line.strip():
             continue
         trail.lines += 1
-        rec, why = _record(line)
+        rec, why = audit_line.parse(line)
         if rec is None:
             trail.malformed[why] += 1
             continue

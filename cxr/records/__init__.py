@@ -4,6 +4,7 @@
 (:mod:`cxr.records.train_summary`), the model card (:mod:`cxr.records.model_card`) and the
 predictions CSV (:mod:`cxr.records.predictions`) are each defined once, as a typed record,
 and written and read only through their module: no other code builds or parses their JSON.
+So is the service's audit-trail line (:mod:`cxr.records.audit_line`), which the drift monitor reads.
 
 Every JSON record carries ``"schema": "<name>/<version>"``. Reading checks it, so a file from
 another format, a newer checkout or a corrupt run is refused with one line that says what to

@@ -14,56 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.system.prefect_server import flow_runs, prefect_api  # noqa: F401 - the server fixture
 from tests.system.test_pipeline_e2e import TINY, copy_repo
 
 pytestmark = pytest.mark.slow
 STAGES = ["download", "validate", "split", "train", "evaluate", "export"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-    else:
-        server.kill()
-        pytest.fail("prefect server did not become healthy in 120 s")
-    yield url
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +45,7 @@ def run_flow(project: Path, api: str, bentoml_home: Path, *args: str) -> subproc
 
 
 def read_back(api: str) -> list[dict]:
-    """Every flow run of the pipeline, oldest first, with its task runs and artifacts."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    out = []
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cxr-pipeline"])),
-                                     sort=FlowRunSort.START_TIME_ASC)
-        for run in runs:
-            only = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-            tasks = client.read_task_runs(flow_run_filter=only)
-            artifacts = client.read_artifacts(flow_run_filter=only)
-            out.append({"state": run.state.type.value, "message": run.state.message or "",
-                        "tasks": {t.name: t.state.type.value for t in tasks},
-                        "artifacts": {a.key: a for a in artifacts if a.key}})
-    return out
+    return flow_runs(api, "cxr-pipeline")
 
 
 def promoted_tag(bentoml_home: Path) -> str | None:

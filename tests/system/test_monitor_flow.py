@@ -19,7 +19,7 @@ import pytest
 
 from tests.code.test_drift import audit_lines, card, write_trail
 from tests.shared_paths import REPO
-from tests.system.test_flow import prefect_api  # noqa: F401 - the module's Prefect server fixture
+from tests.system.prefect_server import flow_runs, prefect_api  # noqa: F401 - the server fixture
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +32,7 @@ def run_monitor(api: str, tmp_path: Path, *args: str) -> subprocess.CompletedPro
 
 
 def read_back(api: str) -> list[dict]:
-    """Every cxr-monitor flow run, oldest first, with its task runs and artifacts."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    out = []
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cxr-monitor"])),
-                                     sort=FlowRunSort.START_TIME_ASC)
-        for run in runs:
-            only = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-            out.append({"state": run.state.type.value, "name": run.state.name, "message": run.state.message or "",
-                        "tasks": {t.name: t.state.type.value for t in client.read_task_runs(flow_run_filter=only)},
-                        "artifacts": {a.key: a for a in client.read_artifacts(flow_run_filter=only) if a.key}})
-    return out
+    return flow_runs(api, "cxr-monitor")
 
 
 def figures(run: dict) -> dict:
