@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
                                                    score)
         log.info("served (full-size originals) vs evaluated (224-px copies): %s", diagnostics["served_vs_copy"])
-    diagnostics["ood"] = _ood(model, p.ood, test.images, imaging, params.section("ood"))
+    diagnostics["ood"] = _ood(model, p.ood, test, p.raw, imaging, params.section("ood"), stress_images, stress_seed)
     metrics = Evaluation(
         threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
         test=SplitFigures(**ranking(test.labels, test_scores), images=len(test),
@@ -139,13 +139,16 @@ def main(argv: list[str] | None = None) -> None:
         log.warning(SYNTHETIC_WARNING)
 
 
-def _ood(model, detector_path: Path, test_images: np.ndarray, imaging: ImagingConfig, cfg: dict) -> dict:
+def _ood(model, detector_path: Path, test, raw_dir: Path, imaging: ImagingConfig, cfg: dict, n_images: int,
+         seed: int) -> dict:
     """The not-a-chest-X-ray refusal on sets it was not fitted or tuned on: the test X-rays (pass
-    rate) and generated non-X-ray images (refusal rate per family)."""
+    rate, as they are and as other X-ray chains would send them: the stress test's perturbations)
+    and generated non-X-ray images (refusal rate per family)."""
     from cxr.imaging import preprocess_bytes
     from cxr.model import embeddings
     from cxr.non_xray import non_xray_images
     from cxr.ood import Features, load, report
+    from cxr.robustness import PERTURBATIONS, perturb_bytes, stratified_sample
 
     detector = load(detector_path)
     per_family = params.require(cfg, "non_xray_per_family", int, "ood")
@@ -155,10 +158,17 @@ def _ood(model, detector_path: Path, test_images: np.ndarray, imaging: ImagingCo
         by_family.setdefault(family, []).append(preprocess_bytes(data, imaging))
     features = {family: Features.of(embeddings(model, np.stack(images)), images)
                 for family, images in by_family.items()}
-    out = report(detector, Features.of(embeddings(model, test_images), test_images), features)
+    out = report(detector, Features.of(embeddings(model, test.images), test.images), features)
     out["val_pass_rate_achieved"] = detector.info.get("val_pass_rate_achieved")
-    log.info("not-a-chest-X-ray: test X-rays pass %s; non-X-ray images refused %s (%s)", out["xray"]["pass_rate"],
-             out["non_xray"]["refusal_rate"],
+    raw = [(raw_dir / str(test.paths[i])).read_bytes() for i in stratified_sample(test.labels, n_images, seed)]
+    if raw:
+        perturbed = {}
+        for name in PERTURBATIONS:
+            images = np.stack([preprocess_bytes(perturb_bytes(data, name), imaging) for data in raw])
+            perturbed[name] = round(float(detector.passes(Features.of(embeddings(model, images), images)).mean()), 4)
+        out["xray_perturbed"] = {"images": len(raw), "pass_rate": perturbed}
+    log.info("not-a-chest-X-ray: test X-rays pass %s (perturbed: %s); non-X-ray images refused %s (%s)",
+             out["xray"]["pass_rate"], out.get("xray_perturbed", {}).get("pass_rate"), out["non_xray"]["refusal_rate"],
              ", ".join(f"{f} {m['refusal_rate']}" for f, m in out["non_xray"]["by_family"].items()))
     return out
 

@@ -281,6 +281,11 @@ def _ood_lines(ood: dict | None) -> list[str]:
              f"images (cxr/non_xray.py) are refused at {non['refusal_rate']} ({non['refused']} of {non['images']}).",
              "", "| family | images | refused |", "|---|---|---|"]
     lines += [f"| {family} | {m['images']} | {m['refusal_rate']} |" for family, m in non["by_family"].items()]
+    perturbed = ood.get("xray_perturbed")
+    if perturbed:
+        lines += ["", f"Test X-rays as other chains would send them ({perturbed['images']} images, the stress test's "
+                  "perturbations), share passing: " + ", ".join(f"{k} {v}" for k, v in perturbed["pass_rate"].items())
+                  + "."]
     return lines + [""]
 
 

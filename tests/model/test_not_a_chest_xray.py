@@ -49,7 +49,8 @@ def served(tmp_path_factory):
                             ood.OodConfig(val_pass_rate=0.995), seed=3)
     detector.save(out / ood.FILE_NAME)
     c = card(metrics())
-    dataclasses.replace(c, imaging=imaging, name="cxr-pneumonia-tiny").write(out)
+    dataclasses.replace(c, imaging=imaging, name="cxr-pneumonia-tiny", git={"commit": "0" * 40, "dirty": False},
+                        monitoring={"val_probabilities": [0.5], "val_refusal_rate": 0.0}).write(out)
     return ServedModel.load(out, tag="cxr-pneumonia:tiny"), blobs
 
 
@@ -107,3 +108,36 @@ def test_the_lambda_handler_answers_422(served, monkeypatch):
     out = lambda_handler.handler(event)
     body = json.loads(out["body"])
     assert out["statusCode"] == 422 and "not a chest X-ray" in body["error"] and "label" not in body
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_a_document_422_and_a_blob_200(served, tmp_path):
+    """Promoted into a store of its own and served by ``bentoml serve``: the same refusal over HTTP,
+    with its reason code in the audit trail."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from cxr.records.audit_line import parse
+    from tests.conftest import REPO, serving_env, start_server
+
+    model, blobs = served
+    home = tmp_path / "bentoml"
+    promote = ("import sys; from cxr.registry import promote; "
+               "print(promote(sys.argv[1], {'passed': True, 'reason': 'test'}))")
+    subprocess.run([sys.executable, "-c", promote, str(model.path)], cwd=REPO, env=serving_env(home), check=True,
+                   capture_output=True)
+    trail = tmp_path / "audit.jsonl"
+    server = start_server(home, tmp_path / "serve.log", CXR_AUDIT=f"file:{trail}")
+    try:
+        _, _, document = non_xray_images(seed=3, per_family=1, families=("document",))[0]
+        refused = requests.post(f"{server.url}/predict", files={"image": ("d.png", document)}, timeout=60)
+        answered = requests.post(f"{server.url}/predict", files={"image": ("b.png", png_bytes(blobs(1, 12)[0]))},
+                                 timeout=60)
+    finally:
+        server.stop()
+    assert refused.status_code == 422 and refused.json()["error"].startswith("not a chest X-ray (")
+    assert answered.status_code == 200 and answered.json()["label"] in ("NORMAL", "PNEUMONIA")
+    lines = [parse(text)[0] for text in trail.read_text().splitlines()]
+    assert [(r["refusal"], r["label"]) for r in lines] == [("not_a_chest_xray", None), (None, answered.json()["label"])]
