@@ -92,6 +92,10 @@ def test_full_repro_then_noop_then_one_param(project):
     metrics = json.loads((project / "metrics.json").read_text())
     assert (card["schema"], metrics["schema"]) == ("cxr-model-card/1", "cxr-metrics/1")
     assert len(card["monitoring"]["val_probabilities"]) == metrics["val"]["images"]  # the drift reference
+    ood = metrics["ood"]  # the not-a-chest-X-ray refusal, on sets it was neither fitted nor tuned on
+    assert ood["xray"]["pass_rate"] >= 0.95 and ood["non_xray"]["refusal_rate"] >= 0.9, ood
+    assert (project / "models/export/ood.npz").is_file() and "## Not a chest X-ray" in \
+        (project / "models/export/model_card.md").read_text()
     assert metrics["data"]["test_split"].startswith("source test/")  # held-out synthetic patients
     assert metrics["test"]["roc_auc"] >= DEFAULT_MIN_TEST_AUC, metrics["test"]
     assert metrics["proxy"]["variant"] == "normal_as_pneumonia" and "swapped" in metrics["counterfactual"]
