@@ -1,9 +1,10 @@
 """train: MobileNetV2 transfer learning on the prepared splits (with ``train.weights: none``,
 the ``model.from_scratch`` network trained whole).
 
-Reads params ``train``, ``model``, ``imaging``, ``acquisition`` and ``ood``; writes ``models/model.keras``
-(calibrated, the full inference model), ``models/ood.npz`` (the not-a-chest-X-ray detector on its embedding), ``reports/train/history.csv`` (per-epoch curves, a DVC plot)
-and ``reports/train/summary.json``.
+Reads params ``train``, ``model``, ``imaging``, ``acquisition`` and ``ood``; writes
+``models/model.keras`` (calibrated, the full inference model), ``models/ood.npz`` (the
+not-a-chest-X-ray detector on its embedding), ``reports/train/history.csv`` (per-epoch curves,
+a DVC plot) and ``reports/train/summary.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     arch = Architecture.from_params(params.section("model"), from_scratch=cfg.weights is None)
     imaging = ImagingConfig.from_params(params.section("imaging"))
     facts_acq = ClassAcquisition.from_params(params.section("acquisition"))
+    ood_cfg = OodConfig.from_params(params.section("ood"))  # a bad knob fails before training, not after
     weights = resolve_weights(cfg.weights, arch.alpha, imaging.image_size)
     train_split, val_split = load_split(p.prepared, "train"), load_split(p.prepared, "val")
     if train_split.images.shape[1] != imaging.image_size:
@@ -73,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
     write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
-    detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
-                            OodConfig.from_params(params.section("ood")), seed=cfg.seed)
+    detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging, ood_cfg,
+                            seed=cfg.seed)
     detector.save(p.ood)
     log.info("not-a-chest-X-ray detector: %s of %d validation X-rays and their re-acquired copies pass",
              detector.info["val_pass_rate_achieved"], detector.info["val_images"])
