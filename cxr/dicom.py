@@ -332,8 +332,10 @@ def to_display(arr: np.ndarray, ds) -> np.ndarray:
     try:
         rescale, voi = _has_rescale(ds), _has_voi(ds)
         if not rescale and not voi and arr.dtype in (np.uint8, np.uint16):
-            out = arr if arr.dtype == np.uint8 else sixteen_bit_to_8bit(arr)  # a PNG of these pixels
-            return 255 - out if invert else out
+            if invert:  # inverted within the stored bits first: then exactly the PNG of what is shown
+                top = (1 << int(getattr(ds, "BitsStored", 8 * arr.dtype.itemsize))) - 1
+                arr = (top - np.minimum(arr, top)).astype(arr.dtype)
+            return arr if arr.dtype == np.uint8 else sixteen_bit_to_8bit(arr)  # a PNG of these pixels
         values = apply_modality_lut(stored, ds) if rescale else stored
         if voi:
             shown = apply_voi_lut(values, ds, index=0, prefer_lut=True)
