@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             evaluation=evaluation,
             summary=summary,
             params=params.sections(("download", "validate", "split", "imaging", "acquisition", "model", "train",
-                                    "evaluate", "export")),
+                                    "ood", "evaluate", "export")),
             source=_read_json(p.source),
             parity_checks=checks,
             files={k: v.relative_to(tmp) for k, v in files.items()},
