@@ -8,6 +8,7 @@ group by this patient id so that no patient lands on both sides.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,19 @@ def read_manifest(raw_dir: str | Path) -> list[dict]:
     for row in rows:
         row["bytes"] = int(row["bytes"])
     return rows
+
+
+def read_source_info(path: str | Path) -> dict:
+    """The download stage's ``source.json`` (source, synthetic, dataset hash, counts); empty when a
+    data folder has none (one made by hand), which the stages treat as real data of unknown origin."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is not valid JSON: rerun the download stage (dvc repro download)") from None
+    return info if isinstance(info, dict) else {}
 
 
 def write_manifest(raw_dir: str | Path, rows: list[dict]) -> Path:

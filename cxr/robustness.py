@@ -220,13 +220,19 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def stress_test(raw_bytes: list[bytes], labels: np.ndarray, threshold: float, imaging: ImagingConfig,
+def perturbed_views(raw_bytes: list[bytes], imaging: ImagingConfig) -> dict[str, np.ndarray]:
+    """Every image as each chain of :data:`PERTURBATIONS` would send it, through THE
+    preprocessing: uint8 ``[N, S, S]`` per perturbation, decoded once for every test that reads them."""
+    return {name: np.stack([preprocess_bytes(perturb_bytes(data, name), imaging) for data in raw_bytes])
+            for name in PERTURBATIONS}
+
+
+def stress_test(views: dict[str, np.ndarray], labels: np.ndarray, threshold: float,
                 predict: Callable[[np.ndarray], np.ndarray]) -> dict:
-    """Per perturbation: ROC AUC, recall and specificity at ``threshold``, and the change
-    in specificity from the clean images (the figure a new chain costs)."""
+    """Per perturbation (:func:`perturbed_views`): ROC AUC, recall and specificity at
+    ``threshold``, and the change in specificity from the clean images (the figure a new chain costs)."""
     out: dict[str, dict] = {}
-    for name in PERTURBATIONS:
-        images = np.stack([preprocess_bytes(perturb_bytes(data, name), imaging) for data in raw_bytes])
+    for name, images in views.items():
         scores = predict(images)
         m = at_threshold(labels, scores, threshold)
         out[name] = {"roc_auc": ranking(labels, scores)["roc_auc"], "recall": m["recall"],

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from cxr import LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
-from cxr.imaging import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, preprocess_bytes
+from cxr.imaging import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, is_dicom, preprocess_bytes
 from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
 from cxr.records.model_card import ModelCard
 
@@ -81,16 +81,13 @@ class RequestError(UserError):
 
 # ---------------------------------------------------------------- image bytes -> model input
 
-DICOM_MAGIC_OFFSET = 128
-
-
 def sniff(data: bytes) -> str | None:
     """The container format from magic bytes (the client's content type is not trusted)."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if is_dicom(data):
         return "dicom"
     return None
 
@@ -306,10 +303,8 @@ class ServedModel:
     def _refusals(self, embedding: np.ndarray, images: np.ndarray) -> list[RequestError | None]:
         from cxr.ood import Features
 
-        features = Features.of(embedding, images)
-        passes = self.detector.passes(features)
-        reasons = self.detector.reasons(features)
-        return [None if ok else not_a_chest_xray(why) for ok, why in zip(passes, reasons)]
+        # One scoring: an image with no failing test passes (what OodDetector.passes decides).
+        return [not_a_chest_xray(why) if why else None for why in self.detector.reasons(Features.of(embedding, images))]
 
     def predict_bytes(self, data: bytes | None) -> dict:
         """Image file bytes -> the answer for one image (RequestError for bad bytes, or for an
@@ -356,8 +351,8 @@ class ServedModel:
 
 
 def not_a_chest_xray(reasons: list[str]) -> RequestError:
-    return RequestError(f"not a chest X-ray ({'; '.join(reasons) or 'unlike the training X-rays'}): this service "
-                        "screens chest radiographs only and gives no label for other images", 422, "not_a_chest_xray")
+    return RequestError(f"not a chest X-ray ({'; '.join(reasons)}): this service screens chest radiographs only "
+                        "and gives no label for other images", 422, "not_a_chest_xray")
 
 
 # An absolute POSIX or Windows path of two or more parts inside a string (not the path part of

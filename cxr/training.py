@@ -473,27 +473,14 @@ def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
     """One randomly re-acquired copy of each preprocessed image (border, compression, blur,
     resolution, exposure: :func:`cxr.robustness.random_acquisition`), preprocessed again: the
     X-rays' ordinary variation the detector must let through."""
-    import io
-
     from PIL import Image
 
     from cxr.imaging import preprocess_bytes
     from cxr.robustness import random_acquisition
 
     rng = np.random.default_rng(seed)
-    out = [preprocess_bytes(random_acquisition(Image.open(io.BytesIO(_png(im))).convert("L"), rng), imaging)
-           for im in images]
+    out = [preprocess_bytes(random_acquisition(Image.fromarray(im), rng), imaging) for im in images]
     return np.stack(out) if out else np.zeros((0, imaging.image_size, imaging.image_size), np.uint8)
-
-
-def _png(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,

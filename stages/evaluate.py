@@ -7,7 +7,6 @@ Reads params ``evaluate``; writes ``metrics.json`` (git-tracked, for ``dvc metri
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cxr.acquisition import ClassAcquisition
 from cxr.dataset import load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import write_csv, write_json
-from cxr.manifest import SOURCE_INFO
+from cxr.manifest import SOURCE_INFO, read_source_info
 from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
 from cxr.records import predictions
 from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
@@ -69,15 +68,19 @@ def main(argv: list[str] | None = None) -> None:
         thresholds["val+counterfactual"] = choose_threshold(
             np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]), target_recall)
     threshold = thresholds[threshold_on]
-    source_info = p.raw / SOURCE_INFO
-    source = json.loads(source_info.read_text()) if source_info.exists() else {}
+    source = read_source_info(p.raw / SOURCE_INFO)
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     diagnostics: dict = {}
     data = DataFacts(synthetic=bool(source.get("synthetic", False)), dataset_hash=source.get("dataset_hash"),
                      test_split="source test/ folder" if "test" in raw_splits else "carved from train by patient",
                      test_split_hash=test_split_hash(source.get("dataset_hash"), test.paths))
+    views = None  # the stress sample as other chains would send it, for the stress test and the refusal
     if stress_images > 0:
-        diagnostics["stress"] = _stress(model, test, p.raw, threshold, stress_images, stress_seed, imaging)
+        from cxr.robustness import perturbed_views, stratified_sample
+
+        idx = stratified_sample(test.labels, stress_images, stress_seed)
+        views = perturbed_views([(p.raw / str(test.paths[i])).read_bytes() for i in idx], imaging)
+        diagnostics["stress"] = _stress(model, views, test.labels[idx], threshold)
     if run_counterfactual:
         from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
 
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
                                                    score)
         log.info("served (full-size originals) vs evaluated (224-px copies): %s", diagnostics["served_vs_copy"])
-    diagnostics["ood"] = _ood(model, p.ood, test, p.raw, imaging, params.section("ood"), stress_images, stress_seed)
+    diagnostics["ood"] = _ood(model, p.ood, test, imaging, params.section("ood"), views)
     metrics = Evaluation(
         threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
         test=SplitFigures(**ranking(test.labels, test_scores), images=len(test),
@@ -139,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning(SYNTHETIC_WARNING)
 
 
-def _ood(model, detector_path: Path, test, raw_dir: Path, imaging: ImagingConfig, cfg: dict, n_images: int,
-         seed: int) -> dict:
+def _ood(model, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, views: dict | None) -> dict:
     """The not-a-chest-X-ray refusal on sets it was not fitted or tuned on: the test X-rays (pass
     rate, as they are and as other X-ray chains would send them: the stress test's perturbations)
     and generated non-X-ray images (refusal rate per family)."""
@@ -148,7 +150,6 @@ def _ood(model, detector_path: Path, test, raw_dir: Path, imaging: ImagingConfig
     from cxr.model import embeddings
     from cxr.non_xray import non_xray_images
     from cxr.ood import Features, load, report
-    from cxr.robustness import PERTURBATIONS, perturb_bytes, stratified_sample
 
     detector = load(detector_path)
     per_family = params.require(cfg, "non_xray_per_family", int, "ood")
@@ -160,27 +161,23 @@ def _ood(model, detector_path: Path, test, raw_dir: Path, imaging: ImagingConfig
                 for family, images in by_family.items()}
     out = report(detector, Features.of(embeddings(model, test.images), test.images), features)
     out["val_pass_rate_achieved"] = detector.info.get("val_pass_rate_achieved")
-    raw = [(raw_dir / str(test.paths[i])).read_bytes() for i in stratified_sample(test.labels, n_images, seed)]
-    if raw:
-        perturbed = {}
-        for name in PERTURBATIONS:
-            images = np.stack([preprocess_bytes(perturb_bytes(data, name), imaging) for data in raw])
-            perturbed[name] = round(float(detector.passes(Features.of(embeddings(model, images), images)).mean()), 4)
-        out["xray_perturbed"] = {"images": len(raw), "pass_rate": perturbed}
+    if views:
+        out["xray_perturbed"] = {
+            "images": len(views["clean"]),
+            "pass_rate": {name: round(float(detector.passes(Features.of(embeddings(model, images), images)).mean()), 4)
+                          for name, images in views.items()}}
     log.info("not-a-chest-X-ray: test X-rays pass %s (perturbed: %s); non-X-ray images refused %s (%s)",
              out["xray"]["pass_rate"], out.get("xray_perturbed", {}).get("pass_rate"), out["non_xray"]["refusal_rate"],
              ", ".join(f"{f} {m['refusal_rate']}" for f, m in out["non_xray"]["by_family"].items()))
     return out
 
 
-def _stress(model, test, raw_dir: Path, threshold: float, n_images: int, seed: int, imaging: ImagingConfig) -> dict:
+def _stress(model, views: dict, labels: np.ndarray, threshold: float) -> dict:
     """The acquisition-shift stress test on a stratified sample of the test split."""
     from cxr.model import predict
-    from cxr.robustness import stratified_sample, stress_test
+    from cxr.robustness import stress_test
 
-    idx = stratified_sample(test.labels, n_images, seed)
-    raw = [(raw_dir / str(test.paths[i])).read_bytes() for i in idx]
-    result = stress_test(raw, test.labels[idx], threshold, imaging, lambda x: predict(model, x))
+    result = stress_test(views, labels, threshold, lambda x: predict(model, x))
     for name, m in result["perturbations"].items():
         log.info("stress %-20s AUC %s recall %.3f specificity %.3f (%+.3f)", name, m["roc_auc"], m["recall"],
                  m["specificity"], m["specificity_change"])

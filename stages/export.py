@@ -6,10 +6,8 @@ Reads params ``export`` (and records in the card every section that made the mod
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +15,7 @@ from cxr import cli, params
 from cxr.dataset import load_split
 from cxr.export import export_all, parity
 from cxr.io import atomic_path
+from cxr.manifest import read_source_info
 from cxr.ood import FILE_NAME as OOD_FILE
 from cxr.records import predictions
 from cxr.records.evaluation import Evaluation
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             summary=summary,
             params=params.sections(("download", "validate", "split", "imaging", "acquisition", "model", "train",
                                     "ood", "evaluate", "export")),
-            source=_read_json(p.source),
+            source=read_source_info(p.source),
             parity_checks=checks,
             files={k: v.relative_to(tmp) for k, v in files.items()},
             val_probabilities=predictions.probabilities(p.predictions, "val").tolist(),
@@ -72,10 +71,6 @@ def main(argv: list[str] | None = None) -> None:
         log.info("parity %s: max |dp| %.2e (tolerance %s)", check["format"], check["max_abs_diff"], tolerance)
     if card.warning:
         log.warning(card.warning)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":

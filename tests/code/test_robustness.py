@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr.robustness import PERTURBATIONS, perturb_bytes, stratified_sample, stress_test
+from cxr.robustness import PERTURBATIONS, perturb_bytes, perturbed_views, stratified_sample, stress_test
 from tests.helpers import noise_jpeg
 
 
@@ -72,7 +72,7 @@ def test_stress_report_measures_a_brightness_sensitive_model():
         shifted.append(buf.getvalue())
     scores = predict(np.stack([preprocess_bytes(d, cfg) for d in shifted]))
     threshold = float(scores[labels == 1].min()) - 0.03
-    report = stress_test(shifted, labels, threshold, cfg, predict)
+    report = stress_test(perturbed_views(shifted, cfg), labels, threshold, predict)
     p = report["perturbations"]
     assert set(p) == set(PERTURBATIONS) and report["images"] == 12
     assert p["clean"]["recall"] == 1.0 and p["clean"]["specificity_change"] == 0.0
