@@ -3,7 +3,7 @@
 APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (several),
 ``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card); and
 ``/predict_raw`` (POST the image file itself as the body: /predict's answer for less CPU).
-Health: ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with the cxr_* metrics of
+Health: ``/healthz`` (the served model, and whether it is synthetic), ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with the cxr_* metrics of
 cxr/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
 trail (``$CXR_AUDIT``, :mod:`cxr.audit`); every response carries ``X-Request-ID``.
 
@@ -28,8 +28,9 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from cxr import UserError, audit, bentoml_patches, serving
-from cxr.asgi import MAX_CONNECTIONS, BodyLimit, RequestId
+from cxr.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
 from cxr.openapi import OpenAPIContract
+from cxr.records.model_card import ModelCard
 from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 
 log = logging.getLogger("cxr.service")
@@ -61,7 +62,8 @@ def resolve_model_tag() -> str:
 
 try:
     MODEL_TAG = resolve_model_tag()
-    verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
+    STORED = verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
+    HEALTH = serving.health(MODEL_TAG, ModelCard.read(STORED.path))
     AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/audit.py)
 except UserError as exc:  # fail fast, with the reason, before any worker starts
     print(f"cxr service: cannot start: {exc}", file=sys.stderr)
@@ -166,6 +168,7 @@ class CXRScreening:
 
 
 CXRScreening.add_asgi_middleware(RequestId)  # first: X-Request-ID on every response, the others' refusals too
+CXRScreening.add_asgi_middleware(Health, status=HEALTH)  # /healthz: what is served (synthetic or not)
 CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
 CXRScreening.add_asgi_middleware(OpenAPIContract)  # /docs.json says what the service really does
 

@@ -12,10 +12,13 @@ SCREENING_NOTICE = (
     "Screening aid only, not a diagnosis: every result must be reviewed by a "
     "qualified clinician."
 )
+HOW_TO_SERVE_REAL = (
+    "To screen chest X-rays, train on real ones and serve that model: make real (or make run "
+    "SOURCE=<data> WEIGHTS=<ImageNet .h5>; see the README), then make serve."
+)
 SYNTHETIC_WARNING = (
     "SYNTHETIC DATA: this model was trained on generated images and is NOT a "
-    "medical model. Do not use it on patients. To train on chest X-rays: make real "
-    "(or make run SOURCE=<data> WEIGHTS=<ImageNet .h5>; see the README)."
+    "medical model. Do not use it on patients. " + HOW_TO_SERVE_REAL
 )
 
 

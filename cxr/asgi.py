@@ -53,6 +53,23 @@ class RequestId:
             REQUEST_ID.reset(token)
 
 
+class Health:
+    """``GET /healthz`` answers what is served, not just that a process is up: the model tag, the
+    screening notice, and, for a model trained on the synthetic default, that it is not a medical
+    model and how to serve one (BentoML's own /healthz is an empty 200; /livez and /readyz stay its)."""
+
+    PATH = "/healthz"
+
+    def __init__(self, app, status: dict):
+        self.app = app
+        self.status = status
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == self.PATH and scope["method"] in ("GET", "HEAD"):
+            return await JSONResponse(self.status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Every POST body is read in full before the app sees it, under four limits, so that slow or
     large uploads cost connections, never the threads that score images:

@@ -125,13 +125,15 @@ def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | N
         failed = []
     elif failed:
         reason = "gate FAILED: " + "; ".join(
-            f"{c['check']} {_fmt(c['value'])} (needs {c['op']} {_fmt(c['threshold'])})" for c in failed)
+            f"{c['check']} {_fmt(c['value'])} (needs {c['op']} {_fmt(c['threshold'])}{_in_images(c, ch)})"
+            for c in failed)
     else:
         reason = f"gate passed: {len(checks)} checks ({comparison})"
     return {
         "passed": not failed,
         "enforced": not reported_only,
         "reason": reason,
+        "advice": _advice(failed, ch, champion_tag) if failed else None,
         "comparison": comparison,
         "floors": "synthetic" if ch["synthetic"] and cfg.synthetic_floors is not None else "real",
         "champion": champion_tag,
@@ -139,6 +141,39 @@ def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | N
         "checks": checks,
         "config": asdict(cfg),
     }
+
+
+def _in_images(check: dict, ch: dict) -> str:
+    """What a failed floor means in test images, when the confusion counts are known."""
+    c = ch.get("confusion") or {}
+    if not c or check["kind"] != "floor":
+        return ""
+    if check["check"].startswith("recall"):
+        return (f": {c['fn']} of {c['tp'] + c['fn']} test PNEUMONIA images scored below the threshold "
+                f"{_fmt(ch['threshold'])} chosen on validation")
+    if check["check"].startswith("specificity"):
+        return f": {c['fp']} of {c['fp'] + c['tn']} test NORMAL images flagged"
+    return ""
+
+
+def _advice(failed: list[dict], ch: dict, champion_tag: str | None) -> str:
+    """What to do next, in one paragraph: the verdict's numbers say what happened, this says why
+    it matters and where to look."""
+    keep = (f"The promoted model {champion_tag} keeps serving." if champion_tag else
+            "No model is promoted, so `make serve` has nothing to serve yet.")
+    if any(c["check"].startswith("synthetic model") or c["check"].startswith("real (non") for c in failed):
+        return f"{keep} A model trained on synthetic films is never promoted over a real one: train on real data (make real)."
+    if ch["synthetic"]:
+        return (f"{keep} The offline default is meant to pass its gate on any machine and seed (docs/model.md, "
+                "'The offline default'): please report this run with its metrics.json and the processor "
+                "(lscpu). To carry on, train another seed (python -m cxr.params set train.seed=2, then make run), "
+                "or train on real data (make real).")
+    if any(c["kind"] == "no-regression" for c in failed):
+        return (f"{keep} The challenger is worse than the champion on the same test split: compare them with "
+                "`dvc metrics diff` and the gate artifact; promote it anyway only by hand (make rollback TAG=...).")
+    return (f"{keep} The model misses a floor of params.yaml gate on its test split: look at metrics.json "
+            "(the threshold rule, the stress and proxy sections) and the training curves (dvc plots show); "
+            "change training (params.yaml train) or the data, not the floors, unless the floors were wrong.")
 
 
 def _short(value) -> str:
@@ -161,6 +196,7 @@ def verdict_markdown(verdict: dict) -> str:
         "",
         verdict["reason"],
         "",
+        *([verdict["advice"], ""] if verdict.get("advice") else []),
         f"Comparison: {verdict['comparison']}",
         "",
         "| check | kind | value | rule | result |",

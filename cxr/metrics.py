@@ -1,14 +1,31 @@
 """Screening metrics, and the decision threshold chosen on validation.
 
-A screening tool must not miss the sick, so the threshold keeps the *fewest* validation
-images positive that still reach ``target_recall`` (the best specificity at that recall).
-It sits in the middle of the gap below the lowest kept score, not on that score: the same
-validation decisions, but a margin for the exported file's float differences (a model that
-scores many images alike would otherwise flip them all). Chosen on validation, never on
-test, and then reported on test as is.
+A screening tool must not miss the sick, so the threshold is the highest one whose expected
+recall on *new* PNEUMONIA images still reaches ``target_recall`` (the best specificity at that
+recall), chosen on validation, never on test, and reported on test as is.
+
+How many validation PNEUMONIA images there are decides what can be said (:func:`choose_threshold`):
+
+- ``order_statistic`` (enough positives): a new positive image falls below the k-th lowest of
+  n validation positive scores with probability k / (n + 1) (exchangeable scores), so the
+  threshold sits below the k-th lowest with k = floor((1 - target) (n + 1)).
+- ``fitted_tail`` (fewer than 1 / (1 - target) - 1 positives: 98 for 0.99): no validation score
+  is low enough to stand for the target quantile, and on a separable split the lowest one
+  is just the edge of a gap. A normal distribution is fitted to the lower half of the
+  positives' logits (their median and the spread below it) and the threshold is its
+  ``1 - target`` quantile, never above the lowest positive score: it depends on all the
+  positives, not on the two extreme scores, and it says that the recall is extrapolated.
+
+Either way the threshold sits in the middle of the gap below the lowest kept score, not on
+it: the same validation decisions, with a margin for the exported file's float differences.
+What the validation split can *vouch* for is reported beside it: the Clopper-Pearson lower
+bound on the recall at the threshold, at ``confidence``, and how many validation positives
+(none missed) it would take to vouch for the target itself.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -16,20 +33,126 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from cxr import UserError
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
+THRESHOLD_RULES = ("tail", "empirical")
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The decision threshold and what the validation split says about it (metrics.json
+    ``threshold_rule``, the model card's decision threshold section)."""
+
+    value: float
+    rule: str  # the rule asked for: tail | empirical
+    method: str  # how it was placed: order_statistic | fitted_tail | empirical
+    target_recall: float
+    positives: int  # validation PNEUMONIA images
+    kept: int  # of them at or above the threshold
+    confidence: float
+    certified_recall: float  # Clopper-Pearson lower bound at `confidence`, from `kept` of `positives`
+    positives_to_certify: int  # positives needed (none missed) to vouch for target_recall at `confidence`
+    order_statistic: int | None = None  # k: below the k-th lowest positive score
+    tail: dict | None = None  # the fitted normal on logits: median, spread, quantile
+
+    def to_dict(self) -> dict:
+        out = {"value": round(self.value, 6), "rule": self.rule, "method": self.method,
+               "target_recall": self.target_recall, "validation_positives": self.positives,
+               "validation_positives_kept": self.kept, "confidence": self.confidence,
+               "certified_recall": round(self.certified_recall, 4), "positives_to_certify": self.positives_to_certify}
+        if self.order_statistic is not None:
+            out["order_statistic"] = self.order_statistic
+        if self.tail is not None:
+            out["tail"] = self.tail
+        out["statement"] = self.describe()
+        return out
+
+    def describe(self) -> str:
+        """One sentence for people: how it was placed and what validation vouches for."""
+        how = {"order_statistic": f"below the {self.order_statistic}th lowest of {self.positives} validation "
+                                  f"PNEUMONIA scores (a new PNEUMONIA image falls below it with probability "
+                                  f"{self.order_statistic}/{self.positives + 1})",
+               "fitted_tail": f"at the {1 - self.target_recall:.2%} quantile of a normal tail fitted to the logits "
+                              f"of {self.positives} validation PNEUMONIA images (too few for any of their scores "
+                              f"to stand for that quantile: the recall is extrapolated)",
+               "empirical": f"the strictest threshold keeping {self.target_recall:.0%} of {self.positives} "
+                            "validation PNEUMONIA images"}[self.method]
+        return (f"{self.value:.6g}, {how}. Validation vouches for recall >= {self.certified_recall:.3f} at "
+                f"{self.confidence:.0%} confidence ({self.kept} of {self.positives} above it); vouching for "
+                f"{self.target_recall} would take {self.positives_to_certify} validation PNEUMONIA images, none missed.")
+
+
+def _check_target(target_recall: float, confidence: float) -> None:
     if not 0.0 < target_recall <= 1.0:
         raise UserError(f"params.yaml: 'evaluate.target_recall' must be in (0, 1], got {target_recall}")
-    positives = np.sort(scores[labels == 1])
-    if len(positives) == 0:
-        raise UserError("the validation split has no PNEUMONIA image: cannot choose a threshold")
-    # Keep at least ceil(target * P) positives at or above the threshold.
-    keep = int(np.ceil(target_recall * len(positives) - 1e-9))
-    if keep == 0:
-        return float(positives[-1]) + 1e-6
-    cut = float(positives[len(positives) - keep])
+    if not 0.0 < confidence < 1.0:
+        raise UserError(f"params.yaml: 'evaluate.threshold_confidence' must be in (0, 1), got {confidence}")
+
+
+def _mid_gap_below(cut: float, scores: np.ndarray) -> float:
+    """The middle of the gap between ``cut`` and the next lower score (scores are
+    probabilities: with nothing below, the gap reaches down to 0)."""
     below = scores[scores < cut]
-    # Scores are probabilities: with nothing below the cut, the gap reaches down to 0.
     return (cut + (float(below.max()) if below.size else 0.0)) / 2
+
+
+def certified_recall(kept: int, positives: int, confidence: float) -> float:
+    """Clopper-Pearson lower confidence bound on a recall of ``kept`` of ``positives``."""
+    from scipy.stats import beta
+
+    return 0.0 if kept == 0 else float(beta.ppf(1.0 - confidence, kept, positives - kept + 1))
+
+
+def positives_to_certify(target_recall: float, confidence: float) -> int:
+    """Positives, none missed, whose Clopper-Pearson bound reaches ``target_recall``."""
+    if target_recall >= 1.0:
+        return 0  # never: reported as 0 (no finite number)
+    return int(np.ceil(np.log(1.0 - confidence) / np.log(target_recall)))
+
+
+def fitted_tail(positive_scores: np.ndarray, target_recall: float) -> dict:
+    """The ``1 - target`` quantile of a normal fitted to the lower half of the positives' logits:
+    centre = median, spread = median - 15.87th percentile (one standard deviation below the
+    median of a normal; the saturated upper half, near probability 1, says nothing about misses)."""
+    from scipy.stats import norm
+
+    p = np.clip(positive_scores.astype(np.float64), 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p))
+    centre = float(np.median(logits))
+    spread = centre - float(np.quantile(logits, norm.cdf(-1.0)))
+    if spread <= 0:  # all alike: nothing to extrapolate with but their own spread
+        spread = float(np.std(logits))
+    q = centre + spread * float(norm.ppf(1.0 - target_recall)) if spread > 0 else centre
+    return {"logit_median": round(centre, 4), "logit_spread": round(spread, 4), "quantile_logit": round(q, 4),
+            "quantile": round(float(1 / (1 + np.exp(-q))), 6)}
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: float, rule: str = "tail",
+                     confidence: float = 0.95) -> ThresholdChoice:
+    _check_target(target_recall, confidence)
+    if rule not in THRESHOLD_RULES:
+        raise UserError(f"params.yaml: 'evaluate.threshold_rule' must be one of {THRESHOLD_RULES}, got {rule!r}")
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.sort(scores[np.asarray(labels) == 1])
+    n = len(positives)
+    if n == 0:
+        raise UserError("the validation split has no PNEUMONIA image: cannot choose a threshold")
+    k, tail = None, None
+    if rule == "empirical":  # the strictest threshold keeping ceil(target n) validation positives
+        keep = int(np.ceil(target_recall * n - 1e-9))
+        value = float(positives[-1]) + 1e-6 if keep == 0 else _mid_gap_below(float(positives[n - keep]), scores)
+        method = "empirical"
+    else:
+        k = int(np.floor((1.0 - target_recall) * (n + 1) + 1e-9))
+        if k >= 1:
+            value, method = _mid_gap_below(float(positives[k - 1]), scores), "order_statistic"
+        else:
+            tail = fitted_tail(positives, target_recall)
+            value = min(tail["quantile"], _mid_gap_below(float(positives[0]), scores))
+            method, k = "fitted_tail", None
+    kept = int(np.sum(positives >= value))
+    return ThresholdChoice(value=float(value), rule=rule, method=method, target_recall=target_recall, positives=n,
+                           kept=kept, confidence=confidence, certified_recall=certified_recall(kept, n, confidence),
+                           positives_to_certify=positives_to_certify(target_recall, confidence),
+                           order_statistic=k, tail=tail)
 
 
 def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:

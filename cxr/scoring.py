@@ -42,6 +42,6 @@ def score_export(model_dir: Path, project: Path, batch_size: int = 32) -> dict:
     figures = GatedFigures(roc_auc=ranking(test.labels, probs)["roc_auc"], recall=at["recall"],
                            specificity=at["specificity"], threshold=card.decision_threshold,
                            dataset_hash=card.dataset_hash, test_split_hash=card.test_split_hash,
-                           synthetic=card.synthetic)
+                           synthetic=card.synthetic, confusion=at["confusion"])
     return {"figures": figures.to_dict(), "images": len(test),
             "files_sha256": file_digests(model_dir, ("model.tflite", JSON_NAME))}

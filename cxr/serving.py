@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from cxr import LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
+from cxr import HOW_TO_SERVE_REAL, LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
 from cxr.imaging import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, is_dicom, preprocess_bytes
 from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
 from cxr.records.model_card import ModelCard
@@ -304,7 +304,8 @@ class ServedModel:
         from cxr.ood import Features
 
         # One scoring: an image with no failing test passes (what OodDetector.passes decides).
-        return [not_a_chest_xray(why) if why else None for why in self.detector.reasons(Features.of(embedding, images))]
+        refusal = unlike_synthetic_films if self.synthetic else not_a_chest_xray
+        return [refusal(why) if why else None for why in self.detector.reasons(Features.of(embedding, images))]
 
     def predict_bytes(self, data: bytes | None) -> dict:
         """Image file bytes -> the answer for one image (RequestError for bad bytes, or for an
@@ -350,9 +351,26 @@ class ServedModel:
         })
 
 
+def health(tag: str, card: ModelCard) -> dict:
+    """What ``/healthz`` says: the served model, its data, and for a synthetic one the warning."""
+    return {"status": "ok", "model_tag": tag, "trained_on": "synthetic films (NOT a medical model)" if card.synthetic
+            else without_local_details(str(card.data.get("source"))), "synthetic": card.synthetic,
+            "decision_threshold": card.decision_threshold, "notice": SCREENING_NOTICE,
+            **({"warning": SYNTHETIC_WARNING} if card.synthetic else {})}
+
+
 def not_a_chest_xray(reasons: list[str]) -> RequestError:
     return RequestError(f"not a chest X-ray ({'; '.join(reasons)}): this service screens chest radiographs only "
                         "and gives no label for other images", 422, "not_a_chest_xray")
+
+
+def unlike_synthetic_films(reasons: list[str]) -> RequestError:
+    """The refusal of a model trained on the synthetic default: its detector knows only generated
+    films, so a real chest X-ray is as far from them as a photograph. Saying "not a chest X-ray"
+    would be true of the detector and wrong for the user."""
+    return RequestError(f"unlike the SYNTHETIC films this demo model was trained on ({'; '.join(reasons)}): it "
+                        "knows only generated images, so it refuses real chest X-rays too and gives no label. "
+                        + HOW_TO_SERVE_REAL, 422, "unlike_synthetic_films")
 
 
 # An absolute POSIX or Windows path of two or more parts inside a string (not the path part of

@@ -30,6 +30,7 @@ import numpy as np
 
 from cxr import UserError, ood, params
 from cxr.dataset import SplitData
+from cxr.frozen import RUNTIMES
 from cxr.robustness import Reacquire
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class TrainConfig:
     select_on: str = "val"
     reacquire: Reacquire = field(default_factory=Reacquire)
     from_scratch: FromScratch = field(default_factory=FromScratch)
+    frozen_runtime: str = "litert"
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -129,7 +131,10 @@ class TrainConfig:
             select_on=select_on,
             reacquire=Reacquire.from_params(cfg.get("reacquire")),
             from_scratch=FromScratch.from_params(cfg.get("from_scratch")),
+            frozen_runtime=str(cfg.get("frozen_runtime", "litert")),
         )
+        if out.frozen_runtime not in RUNTIMES:
+            raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1:
             raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
         if out.head_epochs < 0 or out.fine_tune_epochs < 0 or out.head_epochs + out.fine_tune_epochs == 0:
@@ -192,17 +197,38 @@ def _image_batches(images: np.ndarray, batch_size: int, augment=None):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def run_in_batches(fn, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
-    """Apply ``fn`` (a Keras model) over uint8 images in batches, with a progress bar."""
-    import tensorflow as tf
+def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
+    """Apply ``run`` (:func:`cxr.frozen.runner`: float32 batch -> array) over uint8 images in
+    batches, augmented first if asked, with a progress bar."""
     from tqdm import tqdm
 
-    call = tf.function(lambda x: fn(x, training=False), reduce_retracing=True)
     out = []
     steps = (len(images) + batch_size - 1) // batch_size
     for x in tqdm(_image_batches(images, batch_size, augment), total=steps, desc=desc, unit="batch", mininterval=5):
-        out.append(call(x).numpy().astype(dtype))
+        out.append(run(x.numpy()).astype(dtype))
     return np.concatenate(out)
+
+
+@dataclass
+class BackboneCache:
+    """What the cached path computed once, for whoever needs the same images again (the
+    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
+    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
+    those activations to the embedding (the top of the trained network up to the pooling)."""
+
+    frozen: object  # float32 [B, S, S, 1] -> activations at the cut
+    pooled: object  # Keras model: activations at the cut -> embedding [B, D]
+    train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
+    val: np.ndarray
+
+    def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
+                               for i in range(0, len(acts), batch)]).astype(np.float32)
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Embeddings of new uint8 ``[N, S, S]`` images: the bottom once, then the top."""
+        return self.embed_activations(run_in_batches(self.frozen, images, batch_size, None, "backbone (new images)",
+                                                     dtype=np.float32))
 
 
 class _ViewBatches:
@@ -299,8 +325,9 @@ def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 
 
 def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
-          view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict]:
-    """Train ``model`` in place. Returns (per-epoch history rows, summary facts).
+          view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict, BackboneCache | None]:
+    """Train ``model`` in place. Returns (per-epoch history rows, summary facts, the backbone
+    cache of the cached path, or None from scratch).
 
     ``view_sources`` (optional, uint8 ``[N, S, S]`` arrays) are the images the views start
     from instead of ``train.images``: randomly re-acquired copies
@@ -310,6 +337,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     copies)."""
     import keras
 
+    from cxr.frozen import runner
+    from cxr.imaging import to_model_input
     from cxr.model import fold_calibration, logit_model, split_at
 
     keras.utils.set_random_seed(cfg.seed)
@@ -320,6 +349,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     facts: dict = {"class_weights": weights, "train_images": len(train), "val_images": len(val)}
     history: list[dict] = []
     timings: dict[str, float] = {}
+    cache = None
 
     if cfg.weights is None:
         t0 = time.time()
@@ -330,16 +360,18 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     else:
         bottom, top = split_at(model, cfg.fine_tune_from)
         t0 = time.time()
+        frozen = runner(bottom, cfg.frozen_runtime, probe=to_model_input(train.images[:8]))
+        facts["frozen_runtime"] = cfg.frozen_runtime
         sources = list(view_sources or [])
         if cfg.clean_view or not sources:
             sources.insert(0, train.images)
         sources += [train.images] * (cfg.views - len(sources))
         # View 0 is never augmented by the augmenter (with clean_view: the image as acquired).
-        views = [run_in_batches(bottom, sources[0], cfg.batch_size, None, "backbone view 0")]
+        views = [run_in_batches(frozen, sources[0], cfg.batch_size, None, "backbone view 0")]
         for v in range(1, cfg.views):
-            views.append(run_in_batches(bottom, sources[v], cfg.batch_size, augment, f"backbone view {v} (augmented)"))
+            views.append(run_in_batches(frozen, sources[v], cfg.batch_size, augment, f"backbone view {v} (augmented)"))
         train_acts = np.stack(views, axis=1)  # [N, V, h, w, c]
-        val_acts = run_in_batches(bottom, val.images, cfg.batch_size, None, "backbone val")
+        val_acts = run_in_batches(frozen, val.images, cfg.batch_size, None, "backbone val")
         timings["backbone_cache_s"] = time.time() - t0
         facts["cached_activation_shape"] = list(train_acts.shape)
 
@@ -384,6 +416,9 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         )
         facts["mode"] = "cached_backbone"
         facts["fine_tune_from"] = cfg.fine_tune_from
+        clean = cfg.clean_view or not view_sources
+        cache = BackboneCache(frozen=frozen, pooled=pooled, train_clean=train_acts[:, 0] if clean else None,
+                              val=val_acts)
 
     for layer in model.layers:
         layer.trainable = True
@@ -398,7 +433,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         log.warning("Platt scaling gave a non-positive slope (%.3f): calibration skipped", scale)
         facts["calibration"] = {"method": "none", "reason": f"non-positive slope {scale:.3f}"}
     facts["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    return history, facts
+    return history, facts, cache
 
 
 def check_not_constant(val_logits: np.ndarray) -> None:
@@ -484,11 +519,16 @@ def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
 
 
 def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,
-                 seed: int) -> ood.OodDetector:
+                 seed: int, train_embedding: np.ndarray | None = None,
+                 val_embedding: np.ndarray | None = None) -> ood.OodDetector:
     """Fit on the training X-rays and one re-acquired copy of each; choose the threshold on the
-    validation X-rays and theirs. ``embed``: uint8 ``[N, S, S]`` -> ``[N, D]`` (the model's)."""
-    def features(images: np.ndarray, view_seed: int) -> ood.Features:
-        both = np.concatenate([images, reacquired(images, imaging, view_seed)])
-        return ood.Features.of(embed(both), both)
+    validation X-rays and theirs. ``embed``: uint8 ``[N, S, S]`` -> ``[N, D]`` (the model's),
+    called only for images whose embedding is not given (training's cache has the originals')."""
+    def features(images: np.ndarray, known: np.ndarray | None, view_seed: int) -> ood.Features:
+        copies = reacquired(images, imaging, view_seed)
+        both = np.concatenate([images, copies])
+        if known is None:
+            return ood.Features.of(embed(both), both)
+        return ood.Features.of(np.concatenate([known, embed(copies)]), both)
 
-    return ood.fit(features(train_images, seed), features(val_images, seed + 1), cfg)
+    return ood.fit(features(train_images, train_embedding, seed), features(val_images, val_embedding, seed + 1), cfg)

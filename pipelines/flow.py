@@ -149,6 +149,8 @@ def gate(metrics, project: str, scored: list[dict], champion_tag: str | None) ->
     create_markdown_artifact(key="cxr-gate-verdict", markdown=verdict_markdown(verdict),
                              description=verdict["reason"][:250])
     (logger.info if verdict["passed"] else logger.error)("%s", verdict["reason"])
+    if verdict.get("advice"):
+        logger.error("%s", verdict["advice"])
     return verdict
 
 
@@ -196,7 +198,7 @@ def pipeline(project: str = ".", promote_model: bool = True):
     scored = [f.result() for f in futures]
     verdict = gate(metrics, project, scored, champion_tag)
     if not verdict["passed"]:
-        return Failed(message=f"{verdict['reason']}; promoted model left as {champion_tag}")
+        return Failed(message=f"{verdict['reason']}; promoted model left as {champion_tag}. {verdict['advice']}")
     if not promote_model:
         return {"verdict": verdict, "promoted": None}
     return {"verdict": verdict, "promoted": promote(project, verdict)}

@@ -18,7 +18,7 @@ from cxr.dataset import load_split
 from cxr.imaging import ImagingConfig
 from cxr.io import write_csv, write_json
 from cxr.manifest import SOURCE_INFO, read_source_info
-from cxr.metrics import at_threshold, choose_threshold, curves, ranking, test_split_hash
+from cxr.metrics import THRESHOLD_RULES, at_threshold, choose_threshold, curves, ranking, test_split_hash
 from cxr.records import predictions
 from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
 from cxr.records.train_summary import TrainSummary
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                   predictions="the predictions CSV to write")
     cfg = params.section("evaluate")
     target_recall = params.require(cfg, "target_recall", float, "evaluate")
+    rule = params.require(cfg, "threshold_rule", str, "evaluate")
+    confidence = params.require(cfg, "threshold_confidence", float, "evaluate")
     points = params.require(cfg, "plot_points", int, "evaluate")
     stress_images = params.require(cfg, "stress_images", int, "evaluate")
     stress_seed = params.require(cfg, "stress_seed", int, "evaluate")
@@ -60,14 +62,20 @@ def main(argv: list[str] | None = None) -> None:
     test_scores = predict(model, test.images)
     score = lambda x: predict(model, x)  # noqa: E731
 
-    thresholds = {"val": choose_threshold(val.labels, val_scores, target_recall)}
+    choices = {"val": choose_threshold(val.labels, val_scores, target_recall, rule, confidence)}
     if threshold_on == "val+counterfactual" or run_counterfactual:
         from cxr.robustness import counterfactual_view
 
         shifted = score(counterfactual_view(p.raw, val.paths, val.labels, facts, imaging))
-        thresholds["val+counterfactual"] = choose_threshold(
-            np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]), target_recall)
-    threshold = thresholds[threshold_on]
+        choices["val+counterfactual"] = choose_threshold(
+            np.concatenate([val.labels, val.labels]), np.concatenate([val_scores, shifted]), target_recall, rule,
+            confidence)
+    other_rule = next(r for r in THRESHOLD_RULES if r != rule)
+    choices[f"val, {other_rule} rule"] = choose_threshold(val.labels, val_scores, target_recall, other_rule, confidence)
+    choice = choices[threshold_on]
+    thresholds = {name: c.value for name, c in choices.items()}
+    threshold = choice.value
+    log.info("threshold: %s", choice.describe())
     source = read_source_info(p.raw / SOURCE_INFO)
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     diagnostics: dict = {}
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     diagnostics["ood"] = _ood(model, p.ood, test, imaging, params.section("ood"), views)
     metrics = Evaluation(
         threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
+        threshold_rule=choice.to_dict(),
         test=SplitFigures(**ranking(test.labels, test_scores), images=len(test),
                           at_threshold=at_threshold(test.labels, test_scores, threshold),
                           at_half=at_threshold(test.labels, test_scores, 0.5)),

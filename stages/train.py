@@ -63,16 +63,24 @@ def main(argv: list[str] | None = None) -> None:
 
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
-    history, facts = train(model, train_split, selection, cfg, view_sources)
+    history, facts, cache = train(model, train_split, selection, cfg, view_sources)
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
     write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
     fit_started = time.time()
-    detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging, ood_cfg,
-                            seed=cfg.seed)
+    if cache is None:  # from scratch: the network is small, every image goes through it
+        detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
+                                ood_cfg, seed=cfg.seed)
+    else:  # the images training saw reuse its cache; only their re-acquired copies are new
+        detector = fit_on_views(cache.embed_images, train_split.images, val_split.images, imaging, ood_cfg,
+                                seed=cfg.seed,
+                                train_embedding=None if cache.train_clean is None
+                                else cache.embed_activations(cache.train_clean),
+                                val_embedding=cache.embed_activations(cache.val[:len(val_split)]))
     detector.save(p.ood)
     facts.setdefault("timings_s", {})["ood_fit_s"] = round(time.time() - fit_started, 1)
+    facts["peak_rss_mib"] = peak_rss_mib()
     summary = TrainSummary(
         imaging=imaging, architecture={**arch.to_dict(), "description": arch.describe()},
         weights=weights_fingerprint(weights), calibration=facts.pop("calibration"),
@@ -83,6 +91,13 @@ def main(argv: list[str] | None = None) -> None:
              facts["timings_s"]["ood_fit_s"], detector.info["val_pass_rate_achieved"], detector.info["val_images"])
     summary.write(p.reports / "summary.json")
     log.info("saved %s (%.0f s): %s", p.model, summary.wall_time_s, summary.calibration)
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def concat(split: SplitData, shifted: np.ndarray) -> SplitData:

@@ -71,6 +71,7 @@ class GatedFigures:
     dataset_hash: str | None
     test_split_hash: str | None
     synthetic: bool
+    confusion: dict | None = None  # tp, fp, tn, fn at the threshold: what a failed floor means in images
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -85,6 +86,7 @@ class Evaluation:
     val: SplitFigures
     data: DataFacts
     diagnostics: dict = field(default_factory=dict)  # name -> section, for the names in DIAGNOSTICS
+    threshold_rule: dict | None = None  # cxr.metrics.ThresholdChoice.to_dict(); None in files from before it
 
     def __post_init__(self):
         unknown = set(self.diagnostics) - set(DIAGNOSTICS)
@@ -99,11 +101,14 @@ class Evaluation:
         at = self.test.at_threshold
         return GatedFigures(roc_auc=self.test.roc_auc, recall=at.get("recall"), specificity=at.get("specificity"),
                             threshold=self.threshold, dataset_hash=self.data.dataset_hash,
-                            test_split_hash=self.data.test_split_hash, synthetic=self.data.synthetic)
+                            test_split_hash=self.data.test_split_hash, synthetic=self.data.synthetic,
+                            confusion=at.get("confusion"))
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "target_recall": self.target_recall,
-                "threshold_chosen_on": self.threshold_chosen_on, "test": self.test.to_dict(),
+                "threshold_chosen_on": self.threshold_chosen_on,
+                **({"threshold_rule": self.threshold_rule} if self.threshold_rule is not None else {}),
+                "test": self.test.to_dict(),
                 "val": self.val.to_dict(), "data": self.data.to_dict(),
                 **{k: self.diagnostics[k] for k in DIAGNOSTICS if self.diagnostics.get(k) is not None}}
 
@@ -117,6 +122,7 @@ class Evaluation:
                    threshold_chosen_on=f.text("threshold_chosen_on", optional=True) or "val",
                    test=SplitFigures.from_fields(f.sub("test")), val=SplitFigures.from_fields(f.sub("val")),
                    data=DataFacts.from_fields(f.sub("data")),
+                   threshold_rule=f.mapping("threshold_rule", optional=True),
                    diagnostics={k: body[k] for k in DIAGNOSTICS if isinstance(body.get(k), dict)})
 
     @classmethod

@@ -49,10 +49,10 @@ LIMITATIONS = [
 
 
 THRESHOLD_METHODS = {
-    "val": "the strictest threshold reaching the target recall on the validation split",
-    "val+counterfactual": "the strictest threshold reaching the target recall on the validation split and its "
-                          "counterfactual copies (each image given the other class's acquisition), so that "
-                          "the recall holds when the acquisition changes",
+    "val": "chosen for the target recall on the validation split",
+    "val+counterfactual": "chosen for the target recall on the validation split and its counterfactual copies "
+                          "(each image given the other class's acquisition), so that the recall holds when the "
+                          "acquisition changes",
 }
 NOT_INTENDED_FOR = "Stand-alone diagnosis, adults, non-chest images, any use without clinician review."
 
@@ -79,6 +79,7 @@ class ModelCard:
     data: dict  # source, dataset_hash, counts, test_split, test_split_hash, citation
     target_recall: float | None = None
     decision_threshold_method: str | None = None
+    decision_threshold_basis: dict | None = None  # metrics.json threshold_rule: the rule and what validation vouches for
     metrics: dict = field(default_factory=dict)  # test, val and the diagnostics of metrics.json
     training_views: dict = field(default_factory=dict)
     monitoring: dict | None = None  # the validation probabilities a drift monitor compares against
@@ -123,6 +124,7 @@ class ModelCard:
             decision_threshold=evaluation.threshold,
             target_recall=evaluation.target_recall,
             decision_threshold_method=THRESHOLD_METHODS.get(evaluation.threshold_chosen_on),
+            decision_threshold_basis=evaluation.threshold_rule,
             imaging=summary.imaging,
             synthetic=synthetic,
             model={
@@ -158,6 +160,7 @@ class ModelCard:
             "model": {**self.model, "imaging": self.imaging.to_dict()},
             "decision_threshold": self.decision_threshold, "target_recall": self.target_recall,
             "decision_threshold_method": self.decision_threshold_method,
+            "decision_threshold_basis": self.decision_threshold_basis,
             "data": {**self.data, "synthetic": self.synthetic},
             "metrics": self.metrics, "training_views": self.training_views, "monitoring": self.monitoring,
             "params": self.params, "git": self.git, "parity": self.parity, "files": self.files,
@@ -185,6 +188,7 @@ class ModelCard:
             data={k: v for k, v in data.items() if k != "synthetic"},
             target_recall=f.number("target_recall", optional=True),
             decision_threshold_method=f.text("decision_threshold_method", optional=True),
+            decision_threshold_basis=f.mapping("decision_threshold_basis", optional=True),
             metrics=f.mapping("metrics", optional=True) or {},
             training_views=f.mapping("training_views", optional=True) or {},
             monitoring=f.mapping("monitoring", optional=True),
@@ -226,6 +230,8 @@ def _markdown(card: dict) -> str:
         "## Decision threshold",
         f"{card['decision_threshold']}: {card.get('decision_threshold_method') or THRESHOLD_METHODS['val']}, "
         f"for recall {card['target_recall']}. Chosen without the test split, and reported on test unchanged.",
+        *(["", f"How: {card['decision_threshold_basis']['statement']}"]
+          if (card.get("decision_threshold_basis") or {}).get("statement") else []),
         "",
         "## Test-split metrics",
         f"Test split: {data.get('test_split')}; ROC AUC {t.get('roc_auc')}, PR AUC {t.get('pr_auc')}, "

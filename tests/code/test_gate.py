@@ -141,3 +141,23 @@ def test_the_verdict_artifact_shows_rescored_candidates():
     verdict["rescored"] = [{"name": "challenger", "figures": metrics(auc=0.97).to_dict()}]
     md = verdict_markdown(verdict)
     assert "| challenger | 0.9700 | 0.9950 | 0.8500 | 0.3000 |" in md
+
+
+def test_a_failed_floor_says_what_happened_in_images_and_what_to_do():
+    """The front door's failure, as a user reads it: which images, and the next step."""
+    syn = GateConfig(min_recall=0.99, min_specificity=0.8, min_roc_auc=0.95, max_regression=0.01,
+                     synthetic_floors={"min_recall": 0.9, "min_specificity": 0.75, "min_roc_auc": 0.93})
+    figures = dataclasses.replace(metrics(recall=0.8929, spec=0.9535, synthetic=True),
+                                  confusion={"tp": 50, "fn": 6, "tn": 41, "fp": 2})
+    verdict = decide(figures, syn)
+    assert not verdict["passed"]
+    assert "6 of 56 test PNEUMONIA images scored below the threshold 0.3000" in verdict["reason"]
+    assert "No model is promoted" in verdict["advice"] and "train.seed" in verdict["advice"]
+    assert verdict["advice"] in verdict_markdown(verdict)
+    real = decide(dataclasses.replace(metrics(spec=0.7), confusion={"tp": 99, "fn": 0, "tn": 70, "fp": 30}),
+                  CFG, None, None)
+    assert "30 of 100 test NORMAL images flagged" in real["reason"]
+    assert "change training" in real["advice"]
+    champion = decide(dataclasses.replace(metrics(spec=0.7), confusion=None), CFG, metrics(spec=0.9), "cxr:old")
+    assert "cxr:old keeps serving" in champion["advice"] and "images" not in champion["reason"]
+    assert decide(metrics(), CFG)["advice"] is None

@@ -62,7 +62,7 @@ def test_from_scratch_training_learns_and_calibrates():
 
     train_set, val_set = blobs(48, 64, 0), blobs(24, 64, 1)
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
-    history, facts = train(model, train_set, val_set, cfg(from_scratch=FromScratch(epochs=6, learning_rate=3e-3)))
+    history, facts, _ = train(model, train_set, val_set, cfg(from_scratch=FromScratch(epochs=6, learning_rate=3e-3)))
     assert facts["mode"] == "from_scratch" and history and {row["phase"] for row in history} == {"full"}
     assert facts["calibration"]["method"] in ("platt", "none")
     p = predict(model, val_set.images)
@@ -122,7 +122,7 @@ def test_cached_backbone_training_learns_and_full_model_matches_top():
 
     train_set, val_set = blobs(64, 224, 0), blobs(32, 224, 1)
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))
-    history, facts = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
+    history, facts, _ = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
     assert facts["mode"] == "cached_backbone"
     assert facts["cached_activation_shape"][:2] == [64, 2]
     assert {row["phase"] for row in history} == {"head", "fine_tune"}

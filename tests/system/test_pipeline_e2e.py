@@ -1,10 +1,12 @@
-"""End to end: `dvc repro` of all six stages on the built-in default, in a copy of the repo.
+"""End to end: what a fresh clone's `make run` does, in a copy of the repo: the default flow
+(the six DVC stages, the gate, promotion) against a real Prefect server on 127.0.0.1.
 
-What a fresh clone's `make run` trains: the default must learn the synthetic set (held-out
-test patients) and its heatmaps must point at the drawn lesions. Also the reproducibility
-promises: a second `dvc repro` runs nothing, changing one param reruns only the stages that
-read it, editing a core module reruns the stages importing it, `dvc metrics diff` and
-`dvc plots show` work.
+The front door must open: the flow run ends Completed, the gate passes on the synthetic
+floors, a model is promoted. The default must learn the synthetic set (held-out test
+patients) and its heatmaps must point at the drawn lesions; served, it says it is synthetic.
+Also the reproducibility promises: a second `dvc repro` runs nothing, changing one param
+reruns only the stages that read it, editing a core module reruns the stages importing it,
+`dvc metrics diff` and `dvc plots show` work.
 """
 
 import json
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.shared_paths import REPO
+from tests.system.prefect_server import flow_runs, prefect_api  # noqa: F401 - the server fixture
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -77,10 +80,36 @@ def project(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("project"), {})
 
 
+@pytest.fixture(scope="module")
+def bentoml_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("bentoml")
+
+
+def test_the_default_flow_passes_its_gate_and_promotes(project, prefect_api, bentoml_home):
+    """`make run` as a newcomer meets it: Completed, gate passed on its own floors, a model promoted."""
+    env = {**os.environ, "PYTHONPATH": str(project), "PREFECT_API_URL": prefect_api, "BENTOML_HOME": str(bentoml_home),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "pipelines.flow"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "gate passed" in out.stdout
+    runs = flow_runs(prefect_api, "cxr-pipeline")
+    assert [r["state"] for r in runs] == ["COMPLETED"]
+    timings = json.loads(runs[0]["artifacts"]["cxr-stage-timings"].data)
+    assert [t["stage"] for t in timings if t["ran"]] == ["download", "validate", "split", "train", "evaluate", "export"]
+    verdict = runs[0]["artifacts"]["cxr-gate-verdict"].data
+    assert verdict.startswith("# Gate PASSED (synthetic data: the floors for the generated set")
+    alias = json.loads((bentoml_home / "aliases" / "cxr-pneumonia.json").read_text())
+    assert alias["promoted"] and f"promoted: {alias['promoted']}" in out.stdout
+    metrics = json.loads((project / "metrics.json").read_text())
+    rule = metrics["threshold_rule"]
+    print(f"default: test AUC {metrics['test']['roc_auc']}, threshold {metrics['threshold']} ({rule['method']}, "
+          f"{rule['validation_positives']} validation positives), recall {metrics['test']['at_threshold']['recall']}, "
+          f"specificity {metrics['test']['at_threshold']['specificity']}")
+
+
 def test_full_repro_then_noop_then_one_param(project):
-    first = run([DVC, "repro"], project)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert ran_stages(first.stdout) == ["download", "validate", "split", "train", "evaluate", "export"]
     for path in ["metrics.json", "models/export/model.tflite", "models/export/saved_model",
                  "models/export/model_card.md", "reports/validation/data_docs/index.html",
                  "reports/plots/roc.json", "reports/train/history.csv"]:
@@ -97,9 +126,11 @@ def test_full_repro_then_noop_then_one_param(project):
     assert (project / "models/export/ood.npz").is_file() and "## Not a chest X-ray" in \
         (project / "models/export/model_card.md").read_text()
     assert metrics["data"]["test_split"].startswith("source test/")  # held-out synthetic patients
+    assert metrics["threshold_rule"]["method"] == "fitted_tail"  # tens of validation positives: extrapolated
+    assert "validation vouches for recall" in card["decision_threshold_basis"]["statement"].lower()
     assert metrics["test"]["roc_auc"] >= DEFAULT_MIN_TEST_AUC, metrics["test"]
     assert metrics["proxy"]["variant"] == "normal_as_pneumonia" and "swapped" in metrics["counterfactual"]
-    assert set(metrics["threshold_alternatives"]) == {"val", "val+counterfactual"}
+    assert set(metrics["threshold_alternatives"]) == {"val", "val+counterfactual", "val, empirical rule"}
     assert metrics["threshold"] == metrics["threshold_alternatives"][metrics["threshold_chosen_on"]]["threshold"]
     assert {"train", "val", "test", "model_follows_shortcut"} <= set(metrics["shortcut_audit"])
     summary = json.loads((project / "reports/train/summary.json").read_text())
@@ -164,6 +195,37 @@ def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
           f"PNEUMONIA test images flagged (the lesions cover {area:.3f} of an image)")
     assert len(inside) >= 0.8 * len(masks)
     assert share >= MIN_HEATMAP_IN_LESION and share > 2 * area
+
+
+def test_the_served_default_says_it_is_synthetic(project, bentoml_home):
+    """Promoted and served, the synthetic default must not mislead: every answer, the health
+    route and its refusals say it was trained on generated films and how to serve a real model.
+    A real chest X-ray (../shared's originals, when present, as a JPEG and as a DICOM CR film)
+    is either answered with that warning or refused as unlike the synthetic films, never as
+    "not a chest X-ray"."""
+    from cxr.serving import RequestError, ServedModel, health
+    from tests.dicom_files import dicom
+    from tests.shared_paths import ORIGINALS
+
+    model = ServedModel.load(project / "models/export")
+    status = health("cxr-pneumonia:test", model.card)
+    assert status["synthetic"] is True and "make real" in status["warning"] and "NOT a medical" in status["trained_on"]
+    test_image = next((project / "data/raw/images/test/NORMAL").glob("*.jpeg")).read_bytes()
+    answer = model.predict_bytes(test_image)
+    assert "make real" in answer["warning"] and "then make serve" in answer["warning"]
+    if not ORIGINALS.is_dir():
+        pytest.skip("no ../shared originals: the real-X-ray half needs them")
+    from PIL import Image
+
+    original = sorted((ORIGINALS / "NORMAL").glob("*.jpeg"))[0]
+    pixels = np.asarray(Image.open(original).convert("L").resize((512, 512)))
+    for name, data in (("jpeg", original.read_bytes()), ("dicom CR", dicom(pixels, modality="CR"))):
+        try:
+            out = model.predict_bytes(data)
+            assert "SYNTHETIC" in out["warning"], name
+        except RequestError as exc:
+            assert exc.status == 422 and exc.reason == "unlike_synthetic_films", (name, str(exc))
+            assert "SYNTHETIC films" in str(exc) and "make real" in str(exc) and "not a chest X-ray" not in str(exc)
 
 
 def test_bad_param_stops_the_stage_with_a_message(project):
