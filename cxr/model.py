@@ -266,6 +266,47 @@ def embeddings(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, sub.output.shape[-1]), np.float32)
 
 
+class Scorer:
+    """Probabilities and embeddings of uint8 ``[N, S, S]`` images from one forward pass of a
+    two-output graph, on ``runtime`` (:func:`cxr.inference.runner`). Each image array is scored
+    once: asked again for the same array (the stress views for the stress test and then for the
+    not-a-chest-X-ray refusal), it answers from memory. The arrays it has seen are held, so their
+    ids stay theirs."""
+
+    def __init__(self, model, runtime: str = "keras", probe: np.ndarray | None = None, batch_size: int = 32):
+        import keras
+
+        from cxr.imaging import to_model_input
+        from cxr.inference import runner
+
+        both = keras.Model(model.input, [model.output, model.get_layer(POOLED).output], name="probability_and_embedding")
+        self.run = runner(both, runtime, None if probe is None else to_model_input(probe), what="evaluate.runtime")
+        self.batch_size = batch_size
+        self._seen: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities ``[N]``, embeddings ``[N, D]``)."""
+        from cxr.imaging import to_model_input
+        from cxr.inference import in_batches
+
+        hit = self._seen.get(id(images))
+        if hit is not None and hit[0] is images:
+            return hit[1], hit[2]
+        if len(images):
+            probs, emb = in_batches(self.run, to_model_input(images), self.batch_size)
+            probs, emb = probs.reshape(-1).astype(np.float32), emb.astype(np.float32)
+        else:
+            probs, emb = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+        self._seen[id(images)] = (images, probs, emb)
+        return probs, emb
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.both(images)[0]
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        return self.both(images)[1]
+
+
 def grad_cam(model, image: np.ndarray) -> tuple[np.ndarray, float]:
     """Grad-CAM over ``out_relu`` for one uint8 ``[S, S]`` image.
 

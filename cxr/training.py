@@ -30,7 +30,7 @@ import numpy as np
 
 from cxr import UserError, ood, params
 from cxr.dataset import SplitData
-from cxr.frozen import RUNTIMES
+from cxr.inference import RUNTIMES
 from cxr.robustness import Reacquire
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _image_batches(images: np.ndarray, batch_size: int, augment=None):
 
 
 def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
-    """Apply ``run`` (:func:`cxr.frozen.runner`: float32 batch -> array) over uint8 images in
+    """Apply ``run`` (:func:`cxr.inference.runner`: float32 batch -> array) over uint8 images in
     batches, augmented first if asked, with a progress bar."""
     from tqdm import tqdm
 
@@ -337,7 +337,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     copies)."""
     import keras
 
-    from cxr.frozen import runner
+    from cxr.inference import runner
     from cxr.imaging import to_model_input
     from cxr.model import fold_calibration, logit_model, split_at
 

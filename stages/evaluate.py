@@ -51,16 +51,17 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"params.yaml: 'evaluate.originals' is {originals!r}, which is not a folder "
                         "(null, or a folder with NORMAL/ and PNEUMONIA/ full-size originals)")
     facts = ClassAcquisition.from_params(params.section("acquisition"))
+    runtime = params.require(cfg, "runtime", str, "evaluate")
     import keras
 
-    from cxr.model import predict
+    from cxr.model import Scorer
 
     model = keras.saving.load_model(p.model)
     imaging = TrainSummary.read(p.train_summary).imaging  # as training recorded it
     val, test = load_split(p.prepared, "val"), load_split(p.prepared, "test")
-    val_scores = predict(model, val.images)
-    test_scores = predict(model, test.images)
-    score = lambda x: predict(model, x)  # noqa: E731
+    scorer = Scorer(model, runtime, probe=val.images[:8])  # every image below: one pass, probability and embedding
+    score = scorer.probabilities
+    val_scores, test_scores = score(val.images), score(test.images)
 
     choices = {"val": choose_threshold(val.labels, val_scores, target_recall, rule, confidence)}
     if threshold_on == "val+counterfactual" or run_counterfactual:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
         idx = stratified_sample(test.labels, stress_images, stress_seed)
         views = perturbed_views([(p.raw / str(test.paths[i])).read_bytes() for i in idx], imaging)
-        diagnostics["stress"] = _stress(model, views, test.labels[idx], threshold)
+        diagnostics["stress"] = _stress(score, views, test.labels[idx], threshold)
     if run_counterfactual:
         from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
                                                    score)
         log.info("served (full-size originals) vs evaluated (224-px copies): %s", diagnostics["served_vs_copy"])
-    diagnostics["ood"] = _ood(model, p.ood, test, imaging, params.section("ood"), views)
+    diagnostics["ood"] = _ood(scorer, p.ood, test, imaging, params.section("ood"), views)
     metrics = Evaluation(
         threshold=round(threshold, 6), target_recall=target_recall, threshold_chosen_on=threshold_on,
         threshold_rule=choice.to_dict(),
@@ -151,12 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         log.warning(SYNTHETIC_WARNING)
 
 
-def _ood(model, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, views: dict | None) -> dict:
+def _ood(scorer, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, views: dict | None) -> dict:
     """The not-a-chest-X-ray refusal on sets it was not fitted or tuned on: the test X-rays (pass
     rate, as they are and as other X-ray chains would send them: the stress test's perturbations)
     and generated non-X-ray images (refusal rate per family)."""
     from cxr.imaging import preprocess_bytes
-    from cxr.model import embeddings
     from cxr.non_xray import non_xray_images
     from cxr.ood import Features, load, report
 
@@ -166,14 +166,14 @@ def _ood(model, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, vi
     by_family: dict[str, list[np.ndarray]] = {}
     for family, _, data in non_xray_images(seed, per_family):
         by_family.setdefault(family, []).append(preprocess_bytes(data, imaging))
-    features = {family: Features.of(embeddings(model, np.stack(images)), images)
-                for family, images in by_family.items()}
-    out = report(detector, Features.of(embeddings(model, test.images), test.images), features)
+    embeddings = scorer.embeddings
+    features = {family: Features.of(embeddings(np.stack(images)), images) for family, images in by_family.items()}
+    out = report(detector, Features.of(embeddings(test.images), test.images), features)
     out["val_pass_rate_achieved"] = detector.info.get("val_pass_rate_achieved")
     if views:
         out["xray_perturbed"] = {
             "images": len(views["clean"]),
-            "pass_rate": {name: round(float(detector.passes(Features.of(embeddings(model, images), images)).mean()), 4)
+            "pass_rate": {name: round(float(detector.passes(Features.of(embeddings(images), images)).mean()), 4)
                           for name, images in views.items()}}
     log.info("not-a-chest-X-ray: test X-rays pass %s (perturbed: %s); non-X-ray images refused %s (%s)",
              out["xray"]["pass_rate"], out.get("xray_perturbed", {}).get("pass_rate"), out["non_xray"]["refusal_rate"],
@@ -181,12 +181,11 @@ def _ood(model, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, vi
     return out
 
 
-def _stress(model, views: dict, labels: np.ndarray, threshold: float) -> dict:
+def _stress(score, views: dict, labels: np.ndarray, threshold: float) -> dict:
     """The acquisition-shift stress test on a stratified sample of the test split."""
-    from cxr.model import predict
     from cxr.robustness import stress_test
 
-    result = stress_test(views, labels, threshold, lambda x: predict(model, x))
+    result = stress_test(views, labels, threshold, score)
     for name, m in result["perturbations"].items():
         log.info("stress %-20s AUC %s recall %.3f specificity %.3f (%+.3f)", name, m["roc_auc"], m["recall"],
                  m["specificity"], m["specificity_change"])

@@ -1,4 +1,4 @@
-"""The frozen bottom on LiteRT (cxr/frozen.py): the same activations as Keras, and the cache
+"""The frozen bottom on LiteRT (cxr/inference.py): the same activations as Keras, and the cache
 training hands to the not-a-chest-X-ray detector gives the embedding the model gives."""
 
 import numpy as np
@@ -16,7 +16,7 @@ def small_bottom():
 
 
 def test_litert_runs_the_frozen_layers_as_keras_does():
-    from cxr.frozen import runner
+    from cxr.inference import runner
     from cxr.imaging import to_model_input
 
     _, bottom = small_bottom()
@@ -31,7 +31,7 @@ def test_litert_runs_the_frozen_layers_as_keras_does():
 
 def test_unknown_runtime_is_a_user_error():
     from cxr import UserError
-    from cxr.frozen import runner
+    from cxr.inference import runner
     from cxr.training import TrainConfig
 
     _, bottom = small_bottom()
