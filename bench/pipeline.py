@@ -2,12 +2,17 @@
 training levers as ratios measured in the same run.
 
     .venv/bin/python bench/pipeline.py --quick    # levers on a sample + a synthetic-data run (~3-4 min)
-    .venv/bin/python bench/pipeline.py --full     # levers + a full real-data run (5.2k images, ~8-12 min)
+    .venv/bin/python bench/pipeline.py --full     # levers + a real-data run of this tree and one of the
+                                                  # baseline commit, one after the other (~20 min)
+    .venv/bin/python bench/pipeline.py --full --baseline none   # this tree only
     .venv/bin/python bench/pipeline.py --levers-only
 
 The run happens in a fresh copy of the working tree (tracked files only, own DVC cache, no git;
 ``.venv`` linked) under ``--workdir``, so this repository's outputs, dvc.lock and DVC cache are
-untouched. ``--full`` sets ``download.source`` to ``../shared/data/chest_xray_224`` and
+untouched. With ``--baseline REV`` (default: the commit before the pipeline was made fast) the
+same run is made on ``git archive REV`` too, right after, with its own DVC cache, and the two are
+printed side by side: each stage, the train stage's own clock (backbone cache, head, fine-tune,
+the not-a-chest-X-ray detector fit) and each stage's peak memory (the process tree's RSS, polled). ``--full`` sets ``download.source`` to ``../shared/data/chest_xray_224`` and
 ``train.weights`` to the ImageNet no-top file in ``../shared/weights`` (absolute paths). Stage
 times come from one ``dvc repro`` whose output lines are timestamped as they arrive (stage =
 from its "Running stage" line to the next one); then ``dvc repro`` is run again --repeats times
@@ -48,7 +53,10 @@ REAL_DATA = SHARED / "data" / "chest_xray_224"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 ORIGINALS = SHARED / "data" / "originals"
 STAGES = ["download", "validate", "split", "train", "evaluate", "export"]
-TARGET_FULL_S = 12 * 60
+TARGET_FULL_S = 6 * 60
+TARGET_TRAIN_S = 4 * 60
+TARGET_TRAIN_RSS = 8 * 2**30
+DEFAULT_BASELINE = "ab867cf"  # before issue 21: Keras frozen bottom, the detector re-embedding every image
 TARGET_NOOP_S = 3.0
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
@@ -66,33 +74,73 @@ def parse_stage_times(events: list[tuple[float, str]], end: float) -> dict[str, 
     return out
 
 
-def copy_tree(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        src = REPO / rel.decode()
-        if src.is_file():
-            (dest / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel.decode())
+def copy_tree(dest: Path, rev: str | None = None) -> Path:
+    """The working tree's tracked files (``rev`` None) or ``git archive rev`` in ``dest``, .venv linked."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if rev:
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+        for rel in filter(None, files):
+            src = REPO / rel.decode()
+            if src.is_file():
+                (dest / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel.decode())
     (dest / ".venv").symlink_to(REPO / ".venv")
     return dest
 
 
-def run_logged(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> tuple[list[tuple[float, str]], float, int]:
+class PeakMemory:
+    """The peak RSS of a process tree, per stage: polled every ``period`` s from a thread; the
+    stage is whichever ``Running stage`` line came last."""
+
+    def __init__(self, period: float = 0.5):
+        import threading
+
+        self.period, self.stage, self.pid = period, None, None
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        from bench.report import tree_rss
+
+        while not self._stop.wait(self.period):
+            if self.pid and self.stage:
+                rss = tree_rss(self.pid) or 0
+                self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_logged(cmd: list[str], cwd: Path, env: dict, log_path: Path,
+               memory: PeakMemory | None = None) -> tuple[list[tuple[float, str]], float, int]:
     t0 = time.perf_counter()
     events = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1)
+        if memory is not None:
+            memory.pid = proc.pid
         for line in proc.stdout:
             events.append((time.perf_counter() - t0, line.rstrip()))
+            if memory is not None and (m := RUNNING.search(line)):
+                memory.stage = m.group(1)
             log.write(f"{events[-1][0]:8.1f} {line}")
             log.flush()
         rc = proc.wait()
     return events, time.perf_counter() - t0, rc
 
 
-def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
-    repo = copy_tree(workdir / "repo")
+def pipeline_run(workdir: Path, real: bool, repeats: int, rev: str | None = None) -> dict:
+    repo = copy_tree(workdir / "repo", rev)
     venv_bin = REPO / ".venv" / "bin"
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PYTHONPATH": str(repo),
            "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
@@ -102,9 +150,10 @@ def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
     if real:
         subprocess.run([str(venv_bin / "python"), "-m", "cxr.params", "set", f"download.source={REAL_DATA.resolve()}",
                         f"train.weights={WEIGHTS.resolve()}"], cwd=repo, env=env, check=True, capture_output=True)
-    print(f"  dvc repro in {repo} ({'real data' if real else 'synthetic default'}); log {workdir / 'repro.log'}",
-          flush=True)
-    events, total, rc = run_logged([dvc, "repro"], repo, env, workdir / "repro.log")
+    print(f"  dvc repro of {rev or 'this tree'} in {repo} ({'real data' if real else 'synthetic default'}); "
+          f"log {workdir / 'repro.log'}", flush=True)
+    with PeakMemory() as memory:
+        events, total, rc = run_logged([dvc, "repro"], repo, env, workdir / "repro.log", memory)
     if rc != 0:
         raise SystemExit(f"dvc repro failed ({rc}); see {workdir / 'repro.log'}:\n" + "\n".join(l for _, l in events[-30:]))
     stages = parse_stage_times(events, total)
@@ -121,8 +170,8 @@ def pipeline_run(workdir: Path, real: bool, repeats: int) -> dict:
     metrics = Evaluation.read(layout.path("evaluate", "metrics", repo)).to_dict()
     train_summary = TrainSummary.read(layout.path("evaluate", "train_summary", repo))
     split = json.loads(layout.path("split", "summary", repo).read_text())
-    return {"stages": stages, "total_s": total, "noop_s": noops, "metrics": metrics,
-            "train_timings": train_summary.training.get("timings_s"), "split": split}
+    return {"stages": stages, "total_s": total, "noop_s": noops, "metrics": metrics, "peak_rss": memory.peaks,
+            "train_timings": train_summary.training.get("timings_s"), "split": split, "rev": rev or "this tree"}
 
 
 def champion_metrics() -> dict | None:
@@ -278,6 +327,56 @@ def training_levers(images, repeats: int) -> list[dict]:
     ]
 
 
+TRAIN_PARTS = (("backbone_cache_s", "  train: backbone cache (frozen bottom, every view)"),
+               ("head_fit_s", "  train: head fit"), ("fine_tune_fit_s", "  train: fine-tune fit"),
+               ("full_fit_s", "  train: whole network (from scratch)"),
+               ("ood_fit_s", "  train: not-a-chest-X-ray detector fit"))
+
+
+def report_pair(run: dict, base: dict, real: bool) -> None:
+    """This tree against the baseline, measured one after the other on this machine."""
+    def ratio_row(name: str, new, old, digits: int = 1, scale: float = 1.0) -> dict:
+        return {"part": name, base["rev"]: None if old is None else round(old / scale, digits),
+                "this tree": None if new is None else round(new / scale, digits),
+                "this / baseline": fmt_ratio(new / old) if new and old else ""}
+
+    rows = [ratio_row(stage, run["stages"].get(stage), base["stages"].get(stage)) for stage in STAGES]
+    nt, bt = run.get("train_timings") or {}, base.get("train_timings") or {}
+    stage_rows = []
+    for stage_row in rows:
+        stage_rows.append(stage_row)
+        if stage_row["part"] == "train":
+            stage_rows += [ratio_row(label, nt.get(key), bt.get(key)) for key, label in TRAIN_PARTS
+                           if nt.get(key) is not None or bt.get(key) is not None]
+    stage_rows.append(ratio_row("total (dvc repro)", run["total_s"], base["total_s"]))
+    what = "real data" if real else "synthetic default"
+    print(f"\n## One `dvc repro` ({what}), seconds: the baseline {base['rev']} and this tree, one after the other "
+          f"({load_note()})\n")
+    print(render_table(stage_rows, ["part", base["rev"], "this tree", "this / baseline"], digits=1))
+    mem = [ratio_row(stage, run["peak_rss"].get(stage), base["peak_rss"].get(stage), 2, 2**30) for stage in STAGES]
+    print("\n## Peak memory per stage (GiB, the stage's process tree, polled every 0.5 s)\n")
+    print(render_table(mem, ["part", base["rev"], "this tree", "this / baseline"], digits=2))
+    quality = []
+    for r in (base, run):
+        t, proxy = r["metrics"]["test"], r["metrics"].get("proxy") or {}
+        quality.append({"code": r["rev"], "ROC AUC": t["roc_auc"], "recall": t["at_threshold"]["recall"],
+                        "specificity": t["at_threshold"]["specificity"], "proxy AUC": proxy.get("roc_auc"),
+                        "proxy specificity": proxy.get("specificity"),
+                        "detector: test X-rays pass": ((r["metrics"].get("ood") or {}).get("xray") or {}).get("pass_rate")})
+    print("\n## The trained model (test split at the threshold chosen on validation)\n")
+    print(render_table(quality, list(quality[0]), digits=4))
+    if real:
+        train_s, train_rss = run["stages"].get("train"), run["peak_rss"].get("train")
+        print(f"\n- full run {run['total_s'] / 60:.1f} min (target <= {TARGET_FULL_S // 60} min): "
+              f"{verdict(run['total_s'], TARGET_FULL_S, higher_is_better=False)}")
+        if train_s:
+            print(f"- train stage {train_s / 60:.1f} min (target <= {TARGET_TRAIN_S // 60} min): "
+                  f"{verdict(train_s, TARGET_TRAIN_S, higher_is_better=False)}")
+        if train_rss:
+            print(f"- train stage peak RSS {train_rss / 2**30:.2f} GiB (target <= {TARGET_TRAIN_RSS / 2**30:.0f} GiB): "
+                  f"{verdict(train_rss, TARGET_TRAIN_RSS, higher_is_better=False)}")
+
+
 def report_run(run: dict, real: bool) -> None:
     total = run["total_s"]
     rows = [{"stage": s, "wall s": run["stages"].get(s), "share": f"{100 * run['stages'].get(s, 0) / total:.0f}%"}
@@ -330,6 +429,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=14, help="epochs assumed for the cache lever (head 8 + fine-tune 6)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", type=Path, help="default: a new temp dir (kept, for the logs)")
+    ap.add_argument("--baseline", default=None,
+                    help=f"with --full: also run this git revision, right after (default {DEFAULT_BASELINE}; "
+                         "'none': this tree only)")
     ap.add_argument("--max-load", type=float, default=0.0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -353,6 +455,12 @@ def main() -> int:
         run = pipeline_run(workdir, real, a.repeats)
         results["run"] = run
         report_run(run, real)
+        baseline = a.baseline or (DEFAULT_BASELINE if real else "none")
+        if baseline != "none":
+            print(f"\nbaseline run ({baseline}) ... {load_note()}", flush=True)
+            base = pipeline_run(workdir / "baseline", real, 1, rev=baseline)
+            results["baseline"] = base
+            report_pair(run, base, real)
         print(f"\nlogs: {workdir}")
     print(f"load after: {load_note()}")
     if a.json:
