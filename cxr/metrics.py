@@ -6,12 +6,12 @@ recall), chosen on validation, never on test, and reported on test as is.
 
 How many validation PNEUMONIA images there are decides what can be said (:func:`choose_threshold`):
 
-- ``order_statistic`` (enough positives): a new positive image falls below the k-th lowest of
-  n validation positive scores with probability k / (n + 1) (exchangeable scores), so the
-  threshold sits below the k-th lowest with k = floor((1 - target) (n + 1)).
-- ``fitted_tail`` (fewer than 1 / (1 - target) - 1 positives: 98 for 0.99): no validation score
-  is low enough to stand for the target quantile, and on a separable split the lowest one
-  is just the edge of a gap. A normal distribution is fitted to the lower half of the
+- ``order_statistic`` (enough positives: at least one expected miss, n (1 - target) >= 1): the
+  strictest threshold keeping ceil(target n) of them, i.e. below the k-th lowest score with
+  k = n - ceil(target n) + 1; a new positive image falls below it with probability k / (n + 1).
+- ``fitted_tail`` (fewer: n < 100 for 0.99): keeping them all says only that the threshold is
+  below the lowest one, and on a separable split the lowest one is just the edge of a gap that
+  moves between near-identical models. A normal distribution is fitted to the lower half of the
   positives' logits (their median and the spread below it) and the threshold is its
   ``1 - target`` quantile, never above the lowest positive score: it depends on all the
   positives, not on the two extreme scores, and it says that the recall is extrapolated.
@@ -50,7 +50,7 @@ class ThresholdChoice:
     confidence: float
     certified_recall: float  # Clopper-Pearson lower bound at `confidence`, from `kept` of `positives`
     positives_to_certify: int  # positives needed (none missed) to vouch for target_recall at `confidence`
-    order_statistic: int | None = None  # k: below the k-th lowest positive score
+    order_statistic: int | None = None  # k: below the k-th lowest positive score (1: the lowest)
     tail: dict | None = None  # the fitted normal on logits: median, spread, quantile
 
     def to_dict(self) -> dict:
@@ -67,17 +67,21 @@ class ThresholdChoice:
 
     def describe(self) -> str:
         """One sentence for people: how it was placed and what validation vouches for."""
-        how = {"order_statistic": f"below the {self.order_statistic}th lowest of {self.positives} validation "
-                                  f"PNEUMONIA scores (a new PNEUMONIA image falls below it with probability "
-                                  f"{self.order_statistic}/{self.positives + 1})",
-               "fitted_tail": f"at the {1 - self.target_recall:.2%} quantile of a normal tail fitted to the logits "
-                              f"of {self.positives} validation PNEUMONIA images (too few for any of their scores "
-                              f"to stand for that quantile: the recall is extrapolated)",
-               "empirical": f"the strictest threshold keeping {self.target_recall:.0%} of {self.positives} "
-                            "validation PNEUMONIA images"}[self.method]
+        k, n = self.order_statistic, self.positives
+        if self.method == "fitted_tail":
+            how = (f"at the {1 - self.target_recall:.2%} quantile of a normal tail fitted to the logits of {n} "
+                   "validation PNEUMONIA images (too few for any of their scores to stand for that quantile: the "
+                   "recall is extrapolated)")
+        else:
+            how = (f"below the {_ordinal(k)} lowest of {n} validation PNEUMONIA scores (a new PNEUMONIA image falls below "
+                   f"it with probability {k}/{n + 1} = {k / (n + 1):.2%})")
         return (f"{self.value:.6g}, {how}. Validation vouches for recall >= {self.certified_recall:.3f} at "
                 f"{self.confidence:.0%} confidence ({self.kept} of {self.positives} above it); vouching for "
                 f"{self.target_recall} would take {self.positives_to_certify} validation PNEUMONIA images, none missed.")
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def _check_target(target_recall: float, confidence: float) -> None:
@@ -135,19 +139,17 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: floa
     n = len(positives)
     if n == 0:
         raise UserError("the validation split has no PNEUMONIA image: cannot choose a threshold")
-    k, tail = None, None
-    if rule == "empirical":  # the strictest threshold keeping ceil(target n) validation positives
-        keep = int(np.ceil(target_recall * n - 1e-9))
-        value = float(positives[-1]) + 1e-6 if keep == 0 else _mid_gap_below(float(positives[n - keep]), scores)
-        method = "empirical"
+    keep = int(np.ceil(target_recall * n - 1e-9))  # the strictest threshold keeps ceil(target n) positives
+    k, tail = (n - keep + 1 if keep else None), None
+    if keep == 0:
+        value, method = float(positives[-1]) + 1e-6, "empirical"
+    elif rule == "empirical" or n * (1.0 - target_recall) >= 1.0 - 1e-9:
+        value = _mid_gap_below(float(positives[k - 1]), scores)
+        method = "empirical" if rule == "empirical" else "order_statistic"
     else:
-        k = int(np.floor((1.0 - target_recall) * (n + 1) + 1e-9))
-        if k >= 1:
-            value, method = _mid_gap_below(float(positives[k - 1]), scores), "order_statistic"
-        else:
-            tail = fitted_tail(positives, target_recall)
-            value = min(tail["quantile"], _mid_gap_below(float(positives[0]), scores))
-            method, k = "fitted_tail", None
+        tail = fitted_tail(positives, target_recall)
+        value = min(tail["quantile"], _mid_gap_below(float(positives[0]), scores))
+        method, k = "fitted_tail", None
     kept = int(np.sum(positives >= value))
     return ThresholdChoice(value=float(value), rule=rule, method=method, target_recall=target_recall, positives=n,
                            kept=kept, confidence=confidence, certified_recall=certified_recall(kept, n, confidence),

@@ -57,21 +57,23 @@ def test_bad_target_recall():
         choose_threshold(np.array([0, 1]), np.array([0.1, 0.9]), 1.5)
 
 
-def test_order_statistic_rule_keeps_the_expected_recall_on_new_positives():
-    """With n validation positives the threshold sits below the k-th lowest, k = floor((1 - t)(n + 1)):
-    over many draws, new positives fall below it at no more than 1 - target on average."""
+def test_with_enough_positives_the_tail_rule_is_the_order_statistic_of_the_empirical_rule():
+    """n (1 - target) >= 1: the same threshold as keeping ceil(target n) positives, below the
+    k-th lowest, k = n - ceil(target n) + 1; new positives fall below it at about k / (n + 1)."""
     rng = np.random.default_rng(3)
     misses = []
     for _ in range(300):
         labels = np.r_[np.zeros(200), np.ones(400)].astype(int)
         scores = np.r_[rng.beta(2, 5, 200), rng.beta(5, 2, 400)]
         c = choose_threshold(labels, scores, 0.99)
-        assert c.method == "order_statistic" and c.order_statistic == 4
-        fresh = rng.beta(5, 2, 2000)
-        misses.append(np.mean(fresh < c.value))
-    assert np.mean(misses) <= 0.0105
-    # The old rule (ceil(0.99 n) kept: below the 5th lowest of 400) misses more often.
-    assert choose_threshold(labels, scores, 0.99, "empirical").value > c.value
+        assert c.method == "order_statistic" and c.order_statistic == 5
+        assert c.value == choose_threshold(labels, scores, 0.99, "empirical").value
+        misses.append(np.mean(rng.beta(5, 2, 2000) < c.value))
+    assert abs(np.mean(misses) - 5 / 401) < 0.002
+    assert choose_threshold(np.r_[0, np.ones(100)].astype(int), np.r_[0.0, np.linspace(0.5, 1, 100)], 0.99).method \
+        == "order_statistic"  # n = 100: one expected miss
+    assert choose_threshold(np.r_[0, np.ones(99)].astype(int), np.r_[0.0, np.linspace(0.5, 1, 99)], 0.99).method \
+        == "fitted_tail"
 
 
 def test_a_separable_small_validation_split_gets_a_tail_threshold_below_its_lowest_positive():
@@ -101,8 +103,8 @@ def test_threshold_record_round_trips_the_facts():
     labels = np.r_[np.zeros(50), np.ones(150)].astype(int)
     scores = np.r_[np.linspace(0.0, 0.4, 50), np.linspace(0.3, 1.0, 150)]
     d = choose_threshold(labels, scores, 0.99).to_dict()
-    assert d["method"] == "order_statistic" and d["order_statistic"] == 1
-    assert d["validation_positives"] == 150 and d["validation_positives_kept"] == 150
+    assert d["method"] == "order_statistic" and d["order_statistic"] == 2
+    assert d["validation_positives"] == 150 and d["validation_positives_kept"] == 149
     assert d["statement"].startswith(f"{d['value']:.6g}")
 
 
