@@ -4,11 +4,11 @@ APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (se
 ``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card); and
 ``/predict_raw`` (POST the image file itself as the body: /predict's answer for less CPU).
 Health: ``/healthz`` (the served model, and whether it is synthetic), ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with the cxr_* metrics of
-cxr/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
-trail (``$CXR_AUDIT``, :mod:`cxr.audit`); every response carries ``X-Request-ID``.
+cxr/serve/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
+trail (``$CXR_AUDIT``, :mod:`cxr.serve.audit`); every response carries ``X-Request-ID``.
 
-Everything that is not BentoML plumbing lives in :mod:`cxr.serving`, shared with the
-Lambda handler; preprocessing is :func:`cxr.imaging.preprocess_bytes`, as in training.
+Everything that is not BentoML plumbing lives in :mod:`cxr.serve.serving`, shared with the
+Lambda handler; preprocessing is :func:`cxr.imaging.preprocess.preprocess_bytes`, as in training.
 
 Which model: ``$CXR_MODEL_TAG`` if set, else the promoted one (the registry's alias file
 under ``$BENTOML_HOME/aliases/``), else -- inside a built bento, whose store holds only the
@@ -27,11 +27,12 @@ from typing import Optional
 import bentoml
 from starlette.responses import JSONResponse
 
-from cxr import UserError, audit, bentoml_patches, serving
-from cxr.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
-from cxr.openapi import OpenAPIContract
+from cxr import UserError
+from cxr.ops.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 from cxr.records.model_card import ModelCard
-from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
+from cxr.serve import audit, bentoml_patches, serving
+from cxr.serve.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
+from cxr.serve.openapi import OpenAPIContract
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -56,7 +57,7 @@ def resolve_model_tag() -> str:
     raise UserError(
         f"no promoted {MODEL_NAME} model in the BentoML store at {bentoml_home()} "
         f"({len(stored)} stored, none promoted): run the pipeline so a model passes the gate "
-        f"(make run), promote one with 'python -m cxr.registry rollback TAG', or set CXR_MODEL_TAG"
+        f"(make run), promote one with 'python -m cxr.ops.registry rollback TAG', or set CXR_MODEL_TAG"
     )
 
 
@@ -64,7 +65,7 @@ try:
     MODEL_TAG = resolve_model_tag()
     STORED = verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
     HEALTH = serving.health(MODEL_TAG, ModelCard.read(STORED.path))
-    AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/audit.py)
+    AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/serve/audit.py)
 except UserError as exc:  # fail fast, with the reason, before any worker starts
     print(f"cxr service: cannot start: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -72,7 +73,7 @@ except UserError as exc:  # fail fast, with the reason, before any worker starts
 
 # ------------------------------------------------------------------ protocol-level safety
 
-bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/bentoml_patches.py)
+bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/serve/bentoml_patches.py)
 
 
 def _error(exc: serving.RequestError) -> JSONResponse:
@@ -123,7 +124,7 @@ class CXRScreening:
         return serving.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
 
     # Each image route writes its audit lines and counts its metrics through an audit.Record
-    # (cxr/audit.py): answered, refused, or (an unexpected exception) a server error.
+    # (cxr/serve/audit.py): answered, refused, or (an unexpected exception) a server error.
 
     @bentoml.api
     def predict(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]

@@ -15,8 +15,8 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from cxr import serving
-from cxr.runtime import TFLiteModel
+from cxr.model.runtime import TFLiteModel
+from cxr.serve import serving
 from service import MODEL_TAG
 
 MAX_LATENCY_MS = int(os.environ.get("CXR_BATCH_LATENCY_MS", "20"))

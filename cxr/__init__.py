@@ -3,7 +3,7 @@
 Stages (``stages/``), the Prefect flows (``pipelines/``) and the BentoML service
 (``service.py``) are thin shells over this package, so that training, evaluation,
 export and serving share one implementation of everything that matters, above all
-the image preprocessing in :mod:`cxr.imaging`.
+the image preprocessing in :mod:`cxr.imaging.preprocess`.
 """
 
 LABELS = ("NORMAL", "PNEUMONIA")

@@ -1,4 +1,4 @@
-"""cxr.serving units: decoding with specific statuses, URL policy and a real (local) HTTP fetch
+"""cxr.serve.serving units: decoding with specific statuses, URL policy and a real (local) HTTP fetch
 with its limits, the answer and the heatmap picture. No model needed except where marked."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from cxr import SCREENING_NOTICE, UserError
-from cxr.imaging import MAX_BYTES, ImagingConfig
-from cxr.serving import (RequestError, ServedModel, UrlPolicy, decode, fetch_url, heatmap_png, prediction,
+from cxr.imaging.preprocess import MAX_BYTES, ImagingConfig
+from cxr.serve.serving import (RequestError, ServedModel, UrlPolicy, decode, fetch_url, heatmap_png, prediction,
                          sniff)
 
 CFG = ImagingConfig(64, "equalize")
@@ -47,7 +47,7 @@ def test_sniff_trusts_magic_bytes_only():
 
 
 def test_decode_gives_the_training_preprocessing():
-    from cxr.imaging import preprocess_bytes
+    from cxr.imaging.preprocess import preprocess_bytes
 
     data = png(image())
     assert np.array_equal(decode(data, CFG), preprocess_bytes(data, CFG))
@@ -224,7 +224,7 @@ def test_load_takes_imaging_and_threshold_from_the_card(promoted_model):
     ("aspect 1.204/1.485", "aspect 1.204/1.485"), ("../shared/data", "../shared/data"),
 ])
 def test_local_details_are_cut_from_what_clients_see(text, shown):
-    from cxr.serving import without_local_details
+    from cxr.serve.serving import without_local_details
 
     assert without_local_details({"a": [text, 3, None]}) == {"a": [shown, 3, None]}
 
@@ -236,7 +236,7 @@ def test_background_lane_runs_work_at_the_lowest_priority_and_passes_errors_back
     import sys
     import threading
 
-    from cxr import serving
+    from cxr.serve import serving
 
     lane = serving.BackgroundLane("test-lane")
 
