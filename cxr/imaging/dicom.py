@@ -6,7 +6,7 @@ LUT, MONOCHROME1 inverted). Both are read from the header before a pixel is deco
 a hand, a cine loop or a bomb is refused with its reason, as a PNG's header is checked first.
 
 Without a VOI window the values are windowed between their 0.5 and 99.5 percentiles, with
-:func:`cxr.imaging.preprocess.sixteen_bit_to_8bit` when they are the stored 16-bit values themselves: a
+:func:`cxr.imaging.primitives.sixteen_bit_to_8bit` when they are the stored 16-bit values themselves: a
 DICOM of a 16-bit PNG's pixels gives that PNG's bytes, and an 8-bit MONOCHROME2 one its pixels.
 
 No message names anything but the image's technical facts (modality, body part as DICOM code
@@ -27,7 +27,7 @@ from pydicom import config as _pydicom_config
 from pydicom import uid as _uid
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
-from cxr.imaging.preprocess import MAX_DECODE_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, sixteen_bit_to_8bit, window_to_8bit
+from cxr.imaging.primitives import MAX_DECODE_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, sixteen_bit_to_8bit, window_to_8bit
 
 # pydicom's read-time value validation warns (and logs) with the offending value quoted, which
 # for a malformed PatientName would put it in the server log. Nothing here needs it.

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from cxr import HOW_TO_SERVE_REAL, LABELS, POSITIVE_LABEL, SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
-from cxr.imaging.preprocess import MAX_BYTES, MAX_DECODE_BYTES, ImageError, ImagingConfig, is_dicom, preprocess_bytes
+from cxr.imaging.preprocess import ImagingConfig, is_dicom, preprocess_bytes
+from cxr.imaging.primitives import MAX_BYTES, MAX_DECODE_BYTES, ImageError
 from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
 from cxr.records.model_card import ModelCard
 

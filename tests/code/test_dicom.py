@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr.imaging.preprocess import ImageError, ImagingConfig, preprocess_bytes, sixteen_bit_to_8bit
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+from cxr.imaging.primitives import ImageError, sixteen_bit_to_8bit
 from cxr.serve.serving import RequestError, decode
 from tests.dicom_files import PATIENT_MARKERS, dataset, dicom, png, refused_variants, xray8, xray16
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.imaging.preprocess import ImageError, ImagingConfig, preprocess_bytes, to_model_input
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes, to_model_input
+from cxr.imaging.primitives import ImageError
 
 CFG = ImagingConfig(image_size=64, intensity="equalize")
 

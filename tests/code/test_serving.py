@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from cxr import SCREENING_NOTICE, UserError
-from cxr.imaging.preprocess import MAX_BYTES, ImagingConfig
+from cxr.imaging.preprocess import ImagingConfig
+from cxr.imaging.primitives import MAX_BYTES
 from cxr.serve.serving import (RequestError, ServedModel, UrlPolicy, decode, fetch_url, heatmap_png, prediction,
                          sniff)
 

@@ -24,7 +24,8 @@ class _TooBig(Exception):
 def _file_facts(raw_dir: Path, rel: str, max_pixels: int, max_read_bytes: int) -> dict:
     from PIL import Image
 
-    from cxr.imaging.preprocess import ImageError, check_decode_budget, open_image
+    from cxr.imaging.preprocess import check_decode_budget, open_image
+    from cxr.imaging.primitives import ImageError
     from cxr.io import sha256_bytes, sha256_file
 
     row: dict[str, Any] = {"path": rel, "exists": False, "bytes": -1, "sha256": "",
