@@ -21,7 +21,8 @@ from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import atomic_path, write_csv
 from cxr.model.network import Architecture, build, embeddings, resolve_weights, weights_fingerprint
 from cxr.model.ood import OodConfig
-from cxr.model.training import TrainConfig, fit_on_views, train
+from cxr.model.ood_fit import fit_on_views
+from cxr.model.training import TrainConfig, train
 from cxr.records.train_summary import TrainSummary
 from cxr.shift.acquisition import ClassAcquisition
 

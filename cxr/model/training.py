@@ -13,8 +13,10 @@ with class weights for the ~2.9:1 imbalance, label smoothing, early stopping on
 validation AUC (best weights restored), then Platt scaling fitted on validation logits
 and folded into the logit layer. With ``weights: none`` no cut makes sense (a freshly
 initialised backbone outputs near-zero features), so the whole network is trained, on
-the ``from_scratch`` schedule, with the batch-norm statistics re-estimated on the training
-images before each validation (:func:`cxr.model.network.recalibrate_batch_norm`).
+the ``from_scratch`` schedule (:mod:`cxr.model.from_scratch`), with the batch-norm statistics
+re-estimated on the training images before each validation
+(:func:`cxr.model.network.recalibrate_batch_norm`). The not-a-chest-X-ray detector is fitted
+after training, by :mod:`cxr.model.ood_fit`.
 
 Whatever the path, a network whose validation outputs are constant fails training with a
 clear message instead of being calibrated, scored and promoted.
@@ -30,7 +32,8 @@ import numpy as np
 
 from cxr import UserError, params
 from cxr.data.dataset import SplitData
-from cxr.model import ood
+from cxr.model.fitting import batch_logits, compile_binary
+from cxr.model.from_scratch import FromScratch, fit_from_scratch
 from cxr.model.inference import RUNTIMES
 from cxr.shift.robustness import Reacquire
 
@@ -45,33 +48,6 @@ class Augment:
     contrast: float = 0.25
     brightness: float = 0.15
     gamma: float = 0.25
-
-
-@dataclass(frozen=True)
-class FromScratch:
-    """The schedule with ``weights: none``: one phase over the whole network, the learning
-    rate decayed to zero along a cosine."""
-
-    epochs: int = 30
-    learning_rate: float = 0.003
-    early_stopping_patience: int = 10
-
-    @classmethod
-    def from_params(cls, cfg) -> "FromScratch":
-        if cfg is None:
-            return cls()
-        if not isinstance(cfg, dict):
-            raise UserError("params.yaml: 'train.from_scratch' must be a mapping")
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise UserError(f"params.yaml: unknown 'train.from_scratch' keys {sorted(unknown)}")
-        where = "train.from_scratch"
-        out = cls(epochs=params.require(cfg, "epochs", int, where),
-                  learning_rate=params.require(cfg, "learning_rate", float, where),
-                  early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where))
-        if out.epochs < 1 or out.early_stopping_patience < 1:
-            raise UserError("params.yaml: 'train.from_scratch.epochs' and 'early_stopping_patience' must be >= 1")
-        return out
 
 
 # Validation logits spanning less than this are one constant (float noise aside).
@@ -278,16 +254,6 @@ def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     ]
 
 
-def _compile(model, learning_rate, label_smoothing: float):
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing),
-        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
-    )
-
-
 def _early_stopping(patience: int):
     import keras
 
@@ -354,9 +320,9 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
 
     if cfg.weights is None:
         t0 = time.time()
-        history += _fit_from_scratch(model, train, val, cfg, augment, sample_w)
+        history += fit_from_scratch(model, train, val, cfg, augment, sample_w)
         timings["full_fit_s"] = time.time() - t0
-        val_logits = _logits(logit_model(model), val.images, cfg.batch_size)
+        val_logits = batch_logits(logit_model(model), val.images, cfg.batch_size)
         facts["mode"] = "from_scratch"
     else:
         bottom, top = split_at(model, cfg.fine_tune_from)
@@ -392,7 +358,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
             layer.trainable = False
         model.get_layer("logit").trainable = True
         if cfg.head_epochs:
-            _compile(head, cfg.head_learning_rate, cfg.label_smoothing)
+            compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
             h = head.fit(_ViewBatches(train_feats, train.labels, sample_w, cfg.batch_size, cfg.seed),
                          validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
                          callbacks=[_early_stopping(cfg.early_stopping_patience)])
@@ -405,7 +371,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
             cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
             for layer in model.layers[cut_index:]:
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-            _compile(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             h = top.fit(_ViewBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
                         validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
                         verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
@@ -445,91 +411,3 @@ def check_not_constant(val_logits: np.ndarray) -> None:
             f"{len(val_logits)} images): it learnt nothing a threshold could use. Not saved. Check the data "
             "(labels, both classes present and distinguishable) and the schedule (train.*epochs, learning rates)"
         )
-
-
-def _logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from cxr.imaging.preprocess import to_model_input
-
-    return np.concatenate([np.asarray(fn(to_model_input(images[i : i + batch_size]), training=False)).reshape(-1)
-                           for i in range(0, len(images), batch_size)]) if len(images) else np.zeros(0)
-
-
-def _fit_from_scratch(model, train: SplitData, val: SplitData, cfg: TrainConfig, augment, sample_w) -> list[dict]:
-    """The whole network, an epoch at a time: batch norms re-estimated on the training images,
-    then validation AUC (ties broken by validation loss), early stopping on it (best weights
-    restored, and their statistics)."""
-    import keras
-    import tensorflow as tf
-    from sklearn.metrics import roc_auc_score
-
-    from cxr.model.network import logit_model, recalibrate_batch_norm
-
-    sched = cfg.from_scratch
-    log.warning("train.weights is none: training the whole network from scratch (%d epochs at most)", sched.epochs)
-    full = logit_model(model)
-    steps = sched.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
-    # Cosine decay to zero over the whole schedule: the last epochs settle instead of jumping
-    # around a small validation split's noise.
-    _compile(full, keras.optimizers.schedules.CosineDecay(sched.learning_rate, steps), cfg.label_smoothing)
-    ds = (
-        tf.data.Dataset.from_tensor_slices((train.images, train.labels.astype(np.float32), sample_w))
-        .shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .map(lambda x, y, w: (augment(tf.cast(x, tf.float32)[..., None]), y, w))
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
-    rows, best, best_key, stale = [], None, (-1.0, 0.0), 0
-    for epoch in range(sched.epochs):
-        h = full.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False)  # ds is shuffled
-        recalibrate_batch_norm(model, train.images, cfg.batch_size)
-        val_logits = _logits(full, val.images, cfg.batch_size)
-        val_auc = float(roc_auc_score(val.labels, val_logits)) if len(set(val.labels.tolist())) == 2 else 0.5
-        val_loss = float(loss_fn(val.labels.astype(np.float32), val_logits))
-        rows.append({"epoch": epoch + 1, "phase": "full", "loss": round(float(h.history["loss"][-1]), 6),
-                     "auc": round(float(h.history["auc"][-1]), 6), "val_loss": round(val_loss, 6),
-                     "val_auc": round(val_auc, 6)})
-        log.info("epoch %d/%d: loss %.4f, val AUC %.4f", epoch + 1, sched.epochs, rows[-1]["loss"], val_auc)
-        key = (val_auc, -val_loss)  # a small validation split reaches AUC 1: then the loss decides
-        if key > best_key:
-            best, best_key, stale = model.get_weights(), key, 0
-        else:
-            stale += 1
-            if stale >= sched.early_stopping_patience:
-                log.info("early stopping: val AUC (then loss) has not improved for %d epochs", stale)
-                break
-    if best is not None:
-        model.set_weights(best)  # batch-norm statistics are weights too: the best epoch's come back
-    return rows
-
-
-# ---------------------------------------------------------------- the not-a-chest-X-ray detector
-
-def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
-    """One randomly re-acquired copy of each preprocessed image (border, compression, blur,
-    resolution, exposure: :func:`cxr.shift.robustness.random_acquisition`), preprocessed again: the
-    X-rays' ordinary variation the detector must let through."""
-    from PIL import Image
-
-    from cxr.imaging.preprocess import preprocess_bytes
-    from cxr.shift.robustness import random_acquisition
-
-    rng = np.random.default_rng(seed)
-    out = [preprocess_bytes(random_acquisition(Image.fromarray(im), rng), imaging) for im in images]
-    return np.stack(out) if out else np.zeros((0, imaging.image_size, imaging.image_size), np.uint8)
-
-
-def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,
-                 seed: int, train_embedding: np.ndarray | None = None,
-                 val_embedding: np.ndarray | None = None) -> ood.OodDetector:
-    """Fit on the training X-rays and one re-acquired copy of each; choose the threshold on the
-    validation X-rays and theirs. ``embed``: uint8 ``[N, S, S]`` -> ``[N, D]`` (the model's),
-    called only for images whose embedding is not given (training's cache has the originals')."""
-    def features(images: np.ndarray, known: np.ndarray | None, view_seed: int) -> ood.Features:
-        copies = reacquired(images, imaging, view_seed)
-        both = np.concatenate([images, copies])
-        if known is None:
-            return ood.Features.of(embed(both), both)
-        return ood.Features.of(np.concatenate([known, embed(copies)]), both)
-
-    return ood.fit(features(train_images, train_embedding, seed), features(val_images, val_embedding, seed + 1), cfg)

@@ -1,5 +1,5 @@
 """What is not a chest X-ray is refused, never labelled: the detector the train stage fits
-(:func:`cxr.model.training.fit_on_views`), exported beside the TFLite file whose embedding output it
+(:func:`cxr.model.ood_fit.fit_on_views`), exported beside the TFLite file whose embedding output it
 reads, and the served paths (/predict's ``predict_bytes``, the batch, /explain, the Lambda
 handler) that answer 422 from the same forward pass.
 
@@ -27,8 +27,8 @@ def served(tmp_path_factory):
 
     from cxr.model import ood
     from cxr.model.export import export_all
+    from cxr.model.ood_fit import fit_on_views
     from cxr.model.runtime import TFLiteModel
-    from cxr.model.training import fit_on_views
     from cxr.serve.serving import ServedModel
     from tests.code.test_model_card import card, metrics
 

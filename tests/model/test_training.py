@@ -58,7 +58,8 @@ def test_from_scratch_training_learns_and_calibrates():
     from sklearn.metrics import roc_auc_score
 
     from cxr.model.network import Architecture, build, predict
-    from cxr.model.training import FromScratch, train
+    from cxr.model.from_scratch import FromScratch
+    from cxr.model.training import train
 
     train_set, val_set = blobs(48, 64, 0), blobs(24, 64, 1)
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
@@ -92,7 +93,8 @@ def test_batch_norm_recalibration_sets_the_statistics_of_the_images():
 def test_a_network_that_outputs_a_constant_fails_training():
     from cxr import UserError
     from cxr.model.network import Architecture, build
-    from cxr.model.training import FromScratch, train
+    from cxr.model.from_scratch import FromScratch
+    from cxr.model.training import train
 
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
     kernel, bias = model.get_layer("logit").get_weights()
