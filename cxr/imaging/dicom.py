@@ -27,7 +27,8 @@ from pydicom import config as _pydicom_config
 from pydicom import uid as _uid
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
-from cxr.imaging.primitives import MAX_DECODE_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, sixteen_bit_to_8bit, window_to_8bit
+from cxr.imaging.primitives import (MAX_DECODE_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, sixteen_bit_to_8bit,
+                                    window_to_8bit)
 
 # pydicom's read-time value validation warns (and logs) with the offending value quoted, which
 # for a malformed PatientName would put it in the server log. Nothing here needs it.

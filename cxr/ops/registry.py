@@ -52,7 +52,8 @@ def _read_alias(name: str = MODEL_NAME) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise UserError(f"{path} is corrupt: fix it or roll back with 'python -m cxr.ops.registry rollback TAG'") from None
+        raise UserError(f"{path} is corrupt: fix it or roll back with "
+                        "'python -m cxr.ops.registry rollback TAG'") from None
 
 
 @contextlib.contextmanager

@@ -284,7 +284,8 @@ def _ood_lines(ood: dict | None) -> list[str]:
              f"{ood.get('val_pass_rate_achieved')} of the validation X-rays and their re-acquired copies pass "
              f"(target {ood.get('val_pass_rate')}). Measured on sets it was neither fitted nor tuned on: the test "
              f"X-rays pass at {xray['pass_rate']} ({xray['passed']} of {xray['images']}); generated non-X-ray "
-             f"images (cxr/data/non_xray.py) are refused at {non['refusal_rate']} ({non['refused']} of {non['images']}).",
+             f"images (cxr/data/non_xray.py) are refused at {non['refusal_rate']} "
+             f"({non['refused']} of {non['images']}).",
              "", "| family | images | refused |", "|---|---|---|"]
     lines += [f"| {family} | {m['images']} | {m['refusal_rate']} |" for family, m in non["by_family"].items()]
     perturbed = ood.get("xray_perturbed")
