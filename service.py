@@ -7,8 +7,9 @@ Health: ``/healthz`` (the served model, and whether it is synthetic), ``/livez``
 cxr/serve/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
 trail (``$CXR_AUDIT``, :mod:`cxr.serve.audit`); every response carries ``X-Request-ID``.
 
-Everything that is not BentoML plumbing lives in :mod:`cxr.serve.serving`, shared with the
-Lambda handler; preprocessing is :func:`cxr.imaging.preprocess.preprocess_bytes`, as in training.
+Everything that is not BentoML plumbing lives in :mod:`cxr.serve.serving`, :mod:`cxr.serve.decoding`
+and :mod:`cxr.serve.explain`, shared with the Lambda handler; preprocessing is
+:func:`cxr.imaging.preprocess.preprocess_bytes`, as in training.
 
 Which model: ``$CXR_MODEL_TAG`` if set, else the promoted one (the registry's alias file
 under ``$BENTOML_HOME/aliases/``), else -- inside a built bento, whose store holds only the
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse
 from cxr import UserError
 from cxr.ops.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 from cxr.records.model_card import ModelCard
-from cxr.serve import audit, bentoml_patches, serving
+from cxr.serve import audit, bentoml_patches, decoding, explain, serving
 from cxr.serve.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
 from cxr.serve.openapi import OpenAPIContract
 
@@ -76,7 +77,7 @@ except UserError as exc:  # fail fast, with the reason, before any worker starts
 bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/serve/bentoml_patches.py)
 
 
-def _error(exc: serving.RequestError) -> JSONResponse:
+def _error(exc: decoding.RequestError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status)
 
 
@@ -100,8 +101,8 @@ class CXRScreening:
     def __init__(self) -> None:
         stored = bentoml.models.get(MODEL_TAG)
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
-        self.url_policy = serving.UrlPolicy.from_env()
-        self.explain_lane = serving.BackgroundLane("cxr-explain")
+        self.url_policy = decoding.UrlPolicy.from_env()
+        self.explain_lane = explain.BackgroundLane("cxr-explain")
         self.audit = audit.Audit(AUDIT)
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
@@ -109,19 +110,19 @@ class CXRScreening:
 
     def _image_bytes(self, image: Optional[Path], url: Optional[str]) -> bytes:
         if image is not None and url:
-            raise serving.RequestError("send either a file 'image' or a JSON 'url', not both", 400)
+            raise decoding.RequestError("send either a file 'image' or a JSON 'url', not both", 400)
         if image is None and not url:
-            raise serving.RequestError(
+            raise decoding.RequestError(
                 "no image: send the file in the multipart field 'image' (or JSON {\"url\": ...} if enabled)", 400)
         if image is not None:
             return _read(image)
         try:
-            return serving.fetch_url(url, self.url_policy)
-        except serving.RequestError as exc:
+            return decoding.fetch_url(url, self.url_policy)
+        except decoding.RequestError as exc:
             raise audit.url_refusal(exc) from None
 
     def _image(self, image: Optional[Path], url: Optional[str], record: audit.Record):
-        return serving.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
+        return decoding.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
 
     # Each image route writes its audit lines and counts its metrics through an audit.Record
     # (cxr/serve/audit.py): answered, refused, or (an unexpected exception) a server error.
@@ -135,7 +136,7 @@ class CXRScreening:
         with self.audit.begin("/predict", self.model.tag) as record:
             try:
                 return record.answer(self.model.predict_bytes(record.input(self._image_bytes(image, url))))
-            except serving.RequestError as exc:
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -146,7 +147,7 @@ class CXRScreening:
                 errors: dict = {}
                 answer = serving.predict_many(self.model, record.inputs([_read(p) for p in images]), errors)
                 return record.batch(answer, errors)
-            except serving.RequestError as exc:
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -158,8 +159,8 @@ class CXRScreening:
         with self.audit.begin("/explain", self.model.tag) as record:  # the request id is read here, not in the lane
             try:
                 return record.answer(await self.explain_lane.run(
-                    lambda: serving.explanation(self.model, self._image(image, url, record))))
-            except serving.RequestError as exc:
+                    lambda: explain.explanation(self.model, self._image(image, url, record))))
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -170,7 +171,7 @@ class CXRScreening:
 
 CXRScreening.add_asgi_middleware(RequestId)  # first: X-Request-ID on every response, the others' refusals too
 CXRScreening.add_asgi_middleware(Health, status=HEALTH)  # /healthz: what is served (synthetic or not)
-CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
+CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=decoding.MAX_REQUEST_BYTES)
 CXRScreening.add_asgi_middleware(OpenAPIContract)  # /docs.json says what the service really does
 
 
@@ -196,7 +197,7 @@ async def predict_raw(request):
     with service.audit.begin("/predict_raw", service.model.tag) as record:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type.startswith(_NOT_RAW):
-            return _error(record.refuse(serving.RequestError(
+            return _error(record.refuse(decoding.RequestError(
                 "/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png, "
                 f"application/dicom or application/octet-stream), not {content_type}: send forms and JSON to "
                 "/predict", 415)))
@@ -206,7 +207,7 @@ async def predict_raw(request):
         try:  # the input's sha256 too is computed in the thread, not the event loop
             answer = await anyio.to_thread.run_sync(lambda: service.model.predict_bytes(record.input(body)),
                                                     limiter=_raw_limiter)
-        except serving.RequestError as exc:
+        except decoding.RequestError as exc:
             return _error(record.refuse(exc))
         return JSONResponse(record.answer(answer))
 

@@ -11,7 +11,7 @@ import time
 
 from starlette.responses import JSONResponse
 
-from cxr.serve import serving
+from cxr.serve import decoding
 from cxr.serve.audit import REQUEST_ID, REQUEST_ID_HEADER, request_id_for
 
 BODY_GRACE_S = float(os.environ.get("CXR_BODY_GRACE_S", "5"))
@@ -82,7 +82,7 @@ class BodyLimit:
       all are taken). BentoML's own ``max_concurrency`` counts connections still sending, so it
       is set far above that (``MAX_CONNECTIONS``)."""
 
-    def __init__(self, app, max_bytes: int = serving.MAX_REQUEST_BYTES):
+    def __init__(self, app, max_bytes: int = decoding.MAX_REQUEST_BYTES):
         self.app = app
         self.max_bytes = max_bytes
         self.buffered = 0  # one event loop per worker process: no lock needed

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from cxr import UserError
 from cxr.records import audit_line
-from cxr.serve.serving import RequestError, sniff
+from cxr.serve.decoding import RequestError, sniff
 
 SCHEMA = audit_line.SCHEMA
 AUDIT_ENV, MAX_BYTES_ENV, BACKUPS_ENV = "CXR_AUDIT", "CXR_AUDIT_MAX_BYTES", "CXR_AUDIT_BACKUPS"

@@ -33,7 +33,9 @@ import os
 from pathlib import Path
 
 from cxr import UserError
-from cxr.serve.serving import MAX_REQUEST_BYTES, RequestError, ServedModel, decode, explanation, predict_many
+from cxr.serve.decoding import MAX_REQUEST_BYTES, RequestError, decode
+from cxr.serve.explain import explanation
+from cxr.serve.serving import ServedModel, predict_many
 
 log = logging.getLogger(__name__)
 _MODELS: dict[str, ServedModel] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 
-from cxr.serve.serving import MAX_BATCH_IMAGES
+from cxr.serve.decoding import MAX_BATCH_IMAGES
 
 DOCS_PATH = "/docs.json"
 ERROR_STATUSES = {

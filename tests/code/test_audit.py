@@ -18,7 +18,7 @@ from cxr import UserError
 from cxr.serve.audit import (SCHEMA, Audit, AuditConfig, LockedRotatingFileHandler, StdoutHandler, line, request_id_for,
                        url_refusal)
 from cxr.ops.drift import read_trail, trail_files
-from cxr.serve.serving import RequestError
+from cxr.serve.decoding import RequestError
 from tests.serving_fixtures import jpeg_bytes, png_bytes
 
 TAG = "cxr-pneumonia:abc123"
@@ -96,7 +96,7 @@ def test_reason_codes():
 
 def test_decode_refusals_carry_the_image_error_kind():
     from cxr.imaging.preprocess import ImagingConfig
-    from cxr.serve.serving import decode
+    from cxr.serve.decoding import decode
 
     cfg = ImagingConfig(64, "equalize")
     truncated = jpeg_bytes(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))[:2000]

@@ -10,7 +10,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 from cxr.imaging.primitives import ImageError, sixteen_bit_to_8bit
-from cxr.serve.serving import RequestError, decode
+from cxr.serve.decoding import RequestError, decode
 from tests.dicom_files import PATIENT_MARKERS, dataset, dicom, png, refused_variants, xray8, xray16
 
 CFG = ImagingConfig(image_size=64, intensity="equalize")

@@ -186,7 +186,7 @@ def test_mpo_is_draft_decoded_like_jpeg():
 def test_decode_budget_queues_then_answers_503():
     import threading
 
-    from cxr.serve.serving import DecodeBudget, RequestError
+    from cxr.serve.decoding import DecodeBudget, RequestError
 
     budget = DecodeBudget(capacity=100, wait_s=0.3)
     held = threading.Event()

@@ -65,7 +65,8 @@ def test_what_the_detector_was_fitted_on_passes(served):
 
 
 def test_other_images_get_422_with_a_reason_and_no_label(served):
-    from cxr.serve.serving import RequestError, predict_many
+    from cxr.serve.decoding import RequestError
+    from cxr.serve.serving import predict_many
 
     model, _ = served
     images = non_xray_images(seed=1, per_family=2, families=("document", "blank", "screenshot", "noise", "photo"))
@@ -85,7 +86,7 @@ def test_other_images_get_422_with_a_reason_and_no_label(served):
 
 
 def test_explain_refuses_from_the_same_pass(served):
-    from cxr.serve.serving import RequestError, decode
+    from cxr.serve.decoding import RequestError, decode
 
     model, blobs = served
     heat, probability = model.explain(blobs(1, 11)[0])

@@ -203,7 +203,8 @@ def test_the_served_default_says_it_is_synthetic(project, bentoml_home):
     A real chest X-ray (../shared's originals, when present, as a JPEG and as a DICOM CR film)
     is either answered with that warning or refused as unlike the synthetic films, never as
     "not a chest X-ray"."""
-    from cxr.serve.serving import RequestError, ServedModel, health
+    from cxr.serve.decoding import RequestError
+    from cxr.serve.serving import ServedModel, health
     from tests.dicom_files import dicom
     from tests.shared_paths import ORIGINALS
 
