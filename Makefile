@@ -87,10 +87,10 @@ prefect-server: setup
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 models: setup
-	$(BIN)/python -m cxr.registry list
+	$(BIN)/python -m cxr.ops.registry list
 
 rollback: setup
-	$(BIN)/python -m cxr.registry rollback $(TAG)
+	$(BIN)/python -m cxr.ops.registry rollback $(TAG)
 
 serve: setup
 	$(BIN)/bentoml serve service:CXRScreening --host 127.0.0.1 --port $${PORT:-3000}

@@ -4,11 +4,12 @@ APIs (POST, multipart or JSON): ``/predict`` (one image), ``/predict_batch`` (se
 ``/explain`` (prediction + Grad-CAM heatmap PNG), ``/metadata`` (the model card); and
 ``/predict_raw`` (POST the image file itself as the body: /predict's answer for less CPU).
 Health: ``/healthz`` (the served model, and whether it is synthetic), ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with the cxr_* metrics of
-cxr/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
-trail (``$CXR_AUDIT``, :mod:`cxr.audit`); every response carries ``X-Request-ID``.
+cxr/serve/audit.py). Web page: ``/ui/``. Every image answered or refused is one line of the audit
+trail (``$CXR_AUDIT``, :mod:`cxr.serve.audit`); every response carries ``X-Request-ID``.
 
-Everything that is not BentoML plumbing lives in :mod:`cxr.serving`, shared with the
-Lambda handler; preprocessing is :func:`cxr.imaging.preprocess_bytes`, as in training.
+Everything that is not BentoML plumbing lives in :mod:`cxr.serve.serving`, :mod:`cxr.serve.decoding`
+and :mod:`cxr.serve.explain`, shared with the Lambda handler; preprocessing is
+:func:`cxr.imaging.preprocess.preprocess_bytes`, as in training.
 
 Which model: ``$CXR_MODEL_TAG`` if set, else the promoted one (the registry's alias file
 under ``$BENTOML_HOME/aliases/``), else -- inside a built bento, whose store holds only the
@@ -27,11 +28,12 @@ from typing import Optional
 import bentoml
 from starlette.responses import JSONResponse
 
-from cxr import UserError, audit, bentoml_patches, serving
-from cxr.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
-from cxr.openapi import OpenAPIContract
+from cxr import UserError
+from cxr.ops.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
 from cxr.records.model_card import ModelCard
-from cxr.registry import MODEL_NAME, bentoml_home, promoted_tag, verify
+from cxr.serve import audit, bentoml_patches, decoding, explain, serving
+from cxr.serve.asgi import MAX_CONNECTIONS, BodyLimit, Health, RequestId
+from cxr.serve.openapi import OpenAPIContract
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -56,7 +58,7 @@ def resolve_model_tag() -> str:
     raise UserError(
         f"no promoted {MODEL_NAME} model in the BentoML store at {bentoml_home()} "
         f"({len(stored)} stored, none promoted): run the pipeline so a model passes the gate "
-        f"(make run), promote one with 'python -m cxr.registry rollback TAG', or set CXR_MODEL_TAG"
+        f"(make run), promote one with 'python -m cxr.ops.registry rollback TAG', or set CXR_MODEL_TAG"
     )
 
 
@@ -64,7 +66,7 @@ try:
     MODEL_TAG = resolve_model_tag()
     STORED = verify(MODEL_TAG)  # the files are the ones promoted (sha256), or no start
     HEALTH = serving.health(MODEL_TAG, ModelCard.read(STORED.path))
-    AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/audit.py)
+    AUDIT = audit.AuditConfig.from_env()  # $CXR_AUDIT: where the audit trail goes (cxr/serve/audit.py)
 except UserError as exc:  # fail fast, with the reason, before any worker starts
     print(f"cxr service: cannot start: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -72,10 +74,10 @@ except UserError as exc:  # fail fast, with the reason, before any worker starts
 
 # ------------------------------------------------------------------ protocol-level safety
 
-bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/bentoml_patches.py)
+bentoml_patches.apply()  # file fields never fetch URLs; malformed forms are 400s (cxr/serve/bentoml_patches.py)
 
 
-def _error(exc: serving.RequestError) -> JSONResponse:
+def _error(exc: decoding.RequestError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status)
 
 
@@ -99,8 +101,8 @@ class CXRScreening:
     def __init__(self) -> None:
         stored = bentoml.models.get(MODEL_TAG)
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
-        self.url_policy = serving.UrlPolicy.from_env()
-        self.explain_lane = serving.BackgroundLane("cxr-explain")
+        self.url_policy = decoding.UrlPolicy.from_env()
+        self.explain_lane = explain.BackgroundLane("cxr-explain")
         self.audit = audit.Audit(AUDIT)
         log.info("serving %s (imaging %s, threshold %s); URL fetching %s", self.model.tag,
                  self.model.imaging.to_dict(), self.model.threshold,
@@ -108,22 +110,22 @@ class CXRScreening:
 
     def _image_bytes(self, image: Optional[Path], url: Optional[str]) -> bytes:
         if image is not None and url:
-            raise serving.RequestError("send either a file 'image' or a JSON 'url', not both", 400)
+            raise decoding.RequestError("send either a file 'image' or a JSON 'url', not both", 400)
         if image is None and not url:
-            raise serving.RequestError(
+            raise decoding.RequestError(
                 "no image: send the file in the multipart field 'image' (or JSON {\"url\": ...} if enabled)", 400)
         if image is not None:
             return _read(image)
         try:
-            return serving.fetch_url(url, self.url_policy)
-        except serving.RequestError as exc:
+            return decoding.fetch_url(url, self.url_policy)
+        except decoding.RequestError as exc:
             raise audit.url_refusal(exc) from None
 
     def _image(self, image: Optional[Path], url: Optional[str], record: audit.Record):
-        return serving.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
+        return decoding.decode(record.input(self._image_bytes(image, url)), self.model.imaging)
 
     # Each image route writes its audit lines and counts its metrics through an audit.Record
-    # (cxr/audit.py): answered, refused, or (an unexpected exception) a server error.
+    # (cxr/serve/audit.py): answered, refused, or (an unexpected exception) a server error.
 
     @bentoml.api
     def predict(self, image: Path = None, url: str = "") -> dict:  # type: ignore[assignment]
@@ -134,7 +136,7 @@ class CXRScreening:
         with self.audit.begin("/predict", self.model.tag) as record:
             try:
                 return record.answer(self.model.predict_bytes(record.input(self._image_bytes(image, url))))
-            except serving.RequestError as exc:
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -145,7 +147,7 @@ class CXRScreening:
                 errors: dict = {}
                 answer = serving.predict_many(self.model, record.inputs([_read(p) for p in images]), errors)
                 return record.batch(answer, errors)
-            except serving.RequestError as exc:
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -157,8 +159,8 @@ class CXRScreening:
         with self.audit.begin("/explain", self.model.tag) as record:  # the request id is read here, not in the lane
             try:
                 return record.answer(await self.explain_lane.run(
-                    lambda: serving.explanation(self.model, self._image(image, url, record))))
-            except serving.RequestError as exc:
+                    lambda: explain.explanation(self.model, self._image(image, url, record))))
+            except decoding.RequestError as exc:
                 return _error(record.refuse(exc))
 
     @bentoml.api
@@ -169,7 +171,7 @@ class CXRScreening:
 
 CXRScreening.add_asgi_middleware(RequestId)  # first: X-Request-ID on every response, the others' refusals too
 CXRScreening.add_asgi_middleware(Health, status=HEALTH)  # /healthz: what is served (synthetic or not)
-CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=serving.MAX_REQUEST_BYTES)
+CXRScreening.add_asgi_middleware(BodyLimit, max_bytes=decoding.MAX_REQUEST_BYTES)
 CXRScreening.add_asgi_middleware(OpenAPIContract)  # /docs.json says what the service really does
 
 
@@ -195,7 +197,7 @@ async def predict_raw(request):
     with service.audit.begin("/predict_raw", service.model.tag) as record:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type.startswith(_NOT_RAW):
-            return _error(record.refuse(serving.RequestError(
+            return _error(record.refuse(decoding.RequestError(
                 "/predict_raw takes the image file itself as the request body (Content-Type image/jpeg, image/png, "
                 f"application/dicom or application/octet-stream), not {content_type}: send forms and JSON to "
                 "/predict", 415)))
@@ -205,7 +207,7 @@ async def predict_raw(request):
         try:  # the input's sha256 too is computed in the thread, not the event loop
             answer = await anyio.to_thread.run_sync(lambda: service.model.predict_bytes(record.input(body)),
                                                     limiter=_raw_limiter)
-        except serving.RequestError as exc:
+        except decoding.RequestError as exc:
             return _error(record.refuse(exc))
         return JSONResponse(record.answer(answer))
 

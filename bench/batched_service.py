@@ -15,8 +15,8 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from cxr import serving
-from cxr.runtime import TFLiteModel
+from cxr.model.runtime import TFLiteModel
+from cxr.serve import decoding, serving
 from service import MODEL_TAG
 
 MAX_LATENCY_MS = int(os.environ.get("CXR_BATCH_LATENCY_MS", "20"))
@@ -44,5 +44,5 @@ class Front:
 
     @bentoml.api
     def predict(self, image: Path = None) -> dict:  # type: ignore[assignment]
-        array = serving.decode(Path(image).read_bytes(), self.model.imaging)
+        array = decoding.decode(Path(image).read_bytes(), self.model.imaging)
         return self.model.answer(float(self.inferencer.infer(array[None])[0]))

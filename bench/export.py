@@ -7,10 +7,10 @@
 Formats: Keras (``model.keras``, called directly and through ``model.predict`` -- the seed's
 way), SavedModel (``tf.saved_model.load`` serving signature; exported from the Keras file into
 a temp dir when the export has none, as in a store entry), TFLite float through LiteRT
-(``cxr.runtime.TFLiteModel``, 2 and 1 threads), and ONNX Runtime (tf2onnx from the SavedModel)
+(``cxr.model.runtime.TFLiteModel``, 2 and 1 threads), and ONNX Runtime (tf2onnx from the SavedModel)
 only when ``onnxruntime`` and ``tf2onnx`` import (they are not project requirements). Inputs:
 the original-size JPEGs (``../shared/data/originals``) through THE preprocessing
-(``cxr.imaging.preprocess_bytes``); generated images when absent. Latency: median over
+(``cxr.imaging.preprocess.preprocess_bytes``); generated images when absent. Latency: median over
 ``--repeats`` of batch 1 (each image) and of batch 32; ratio = speed over Keras ``model.predict``
 (the seed's way) in the same run. Agreement: max |p - p_keras| over the same images.
 """
@@ -46,7 +46,7 @@ def size_of(path: Path) -> int:
 
 
 def input_images(folder: Path, size: int) -> tuple[np.ndarray, str]:
-    from cxr.imaging import ImagingConfig, preprocess_bytes
+    from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 
     cfg = ImagingConfig(size, "equalize")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png")) if folder.is_dir() else []
@@ -100,7 +100,7 @@ def main() -> int:
     a = ap.parse_args()
 
     export_dir, where = locate(a)
-    from cxr.imaging import to_model_input
+    from cxr.imaging.preprocess import to_model_input
     from cxr.records.model_card import ModelCard
 
     card = ModelCard.read(export_dir)
@@ -110,13 +110,13 @@ def main() -> int:
     print("# Export benchmark")
     print(f"export: {where} ({export_dir}); synthetic data: {card.synthetic}; "
           f"weights init: {str(card.model.get('weights_init'))[:24]}")
-    print(f"inputs: {what} through cxr.imaging.preprocess_bytes ({size} px)")
+    print(f"inputs: {what} through cxr.imaging.preprocess.preprocess_bytes ({size} px)")
     print(f"load before: {wait_quiet(a.max_load, 600)}")
 
     import keras
     import tensorflow as tf
 
-    from cxr.runtime import TFLiteModel
+    from cxr.model.runtime import TFLiteModel
 
     keras_model = keras.saving.load_model(export_dir / "model.keras", compile=False)
     tmp = Path(tempfile.mkdtemp(prefix="cxr-bench-export-"))
@@ -134,7 +134,7 @@ def main() -> int:
         lambda x: np.asarray(keras_model.predict(to_model_input(x), verbose=0)).reshape(-1), export_dir / "model.keras", "")
     compiled = tf.function(lambda t: keras_model(t, training=False), reduce_retracing=True)
     runners["keras (tf.function)"] = (lambda x: np.asarray(compiled(tf.constant(to_model_input(x)))).reshape(-1),
-                                      export_dir / "model.keras", "as cxr.model.predict (since 67b1e10)")
+                                      export_dir / "model.keras", "as cxr.model.network.predict (since 67b1e10)")
     loaded = tf.saved_model.load(str(saved_dir))
     sig = loaded.signatures["serving_default"]
     in_name = list(sig.structured_input_signature[1].keys())[0]

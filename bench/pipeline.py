@@ -225,8 +225,8 @@ def levers(n_sample: int, epochs: int, repeats: int) -> list[dict]:
     import numpy as np
 
     from bench.seed_server import full_decode
-    from cxr.dataset import preprocess_files
-    from cxr.imaging import ImagingConfig, preprocess_bytes
+    from cxr.data.dataset import preprocess_files
+    from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 
     cfg = ImagingConfig(224, "equalize")
     rows = []
@@ -280,8 +280,8 @@ def training_levers(images, repeats: int) -> list[dict]:
     import keras
     import numpy as np
 
-    from cxr.imaging import to_model_input
-    from cxr.model import Architecture, build, split_at
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.network import Architecture, build, split_at
 
     weights = str(WEIGHTS) if WEIGHTS.is_file() else None
     keras.utils.set_random_seed(0)

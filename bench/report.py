@@ -185,9 +185,9 @@ def wait_idle(pid: int, max_cores: float = 0.15, window_s: float = 1.0, timeout_
 
 
 def promoted_store_dir():
-    """(folder of the promoted store entry, its tag), or None: read through cxr.registry
+    """(folder of the promoted store entry, its tag), or None: read through cxr.ops.registry
     (the alias file under $BENTOML_HOME), without importing BentoML."""
-    from cxr.registry import bentoml_home, promoted_tag
+    from cxr.ops.registry import bentoml_home, promoted_tag
 
     tag = promoted_tag()
     if not tag:

@@ -36,8 +36,8 @@ def pipeline_probabilities(project: Path, names: list[str]) -> dict[str, tuple[f
     if missing:
         import keras
 
-        from cxr.dataset import load_split
-        from cxr.model import predict
+        from cxr.data.dataset import load_split
+        from cxr.model.network import predict
 
         model = keras.saving.load_model(layout.path("evaluate", "model", project))
         for split in ("train", "val", "test"):

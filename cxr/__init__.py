@@ -3,7 +3,13 @@
 Stages (``stages/``), the Prefect flows (``pipelines/``) and the BentoML service
 (``service.py``) are thin shells over this package, so that training, evaluation,
 export and serving share one implementation of everything that matters, above all
-the image preprocessing in :mod:`cxr.imaging`.
+the image preprocessing in :mod:`cxr.imaging.preprocess`.
+
+Layers, bottom to top: the foundation at the top of this package (this module, ``cli``, ``io``,
+``params``, ``layout``, ``metrics``), then :mod:`cxr.imaging`, :mod:`cxr.records`,
+:mod:`cxr.data`, :mod:`cxr.shift`, :mod:`cxr.model`, :mod:`cxr.ops`, :mod:`cxr.serve`. A module
+imports its own layer and those below, never one above, and no import cycle exists
+(``tests/code/test_layering.py`` keeps it so).
 """
 
 LABELS = ("NORMAL", "PNEUMONIA")

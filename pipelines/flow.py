@@ -5,9 +5,9 @@ reruns and the flow never re-implements a stage. Results are published as artifa
 stable keys (the UI keeps their history across runs): validation summary, metrics table,
 confusion matrix, plot files, the gate verdict, the promotion.
 
-The gate (:mod:`cxr.gate`) compares the challenger with the promoted champion. Both are
+The gate (:mod:`cxr.ops.gate`) compares the challenger with the promoted champion. Both are
 scored again on the current test split from the raw image bytes, through the exported
-TFLite file and :func:`cxr.imaging.preprocess_bytes` -- the path the service takes -- as a
+TFLite file and :func:`cxr.imaging.preprocess.preprocess_bytes` -- the path the service takes -- as a
 mapped task: with a Dask task runner the candidates are scored in parallel. A failing
 gate ends the flow run Failed, with the reason, and leaves the promoted model untouched.
 
@@ -130,7 +130,7 @@ def publish_metrics(project: str):
 @task(name="score-candidate", cache_policy=NO_CACHE)
 def score_candidate(name: str, model_dir: str, project: str) -> dict:
     """Test metrics of one exported model, from raw bytes through its TFLite file."""
-    from cxr.scoring import score_export
+    from cxr.ops.scoring import score_export
 
     return {"name": name, **score_export(Path(model_dir), Path(project))}
 
@@ -138,7 +138,7 @@ def score_candidate(name: str, model_dir: str, project: str) -> dict:
 @task(name="gate", cache_policy=NO_CACHE)
 def gate(metrics, project: str, scored: list[dict], champion_tag: str | None) -> dict:
     from cxr import params
-    from cxr.gate import GateConfig, decide, verdict_markdown
+    from cxr.ops.gate import GateConfig, decide, verdict_markdown
     from cxr.records.evaluation import GatedFigures
 
     logger = get_run_logger()
@@ -156,7 +156,7 @@ def gate(metrics, project: str, scored: list[dict], champion_tag: str | None) ->
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(project: str, verdict: dict) -> str:
-    from cxr import registry
+    from cxr.ops import registry
 
     tag = registry.promote(layout.path("export", "out", project), verdict)
     create_markdown_artifact(
@@ -171,7 +171,7 @@ def promote(project: str, verdict: dict) -> str:
 @flow(name=FLOW_NAME, log_prints=True)
 def pipeline(project: str = ".", promote_model: bool = True):
     """download -> validate -> split -> train -> evaluate -> export, gate, promote."""
-    from cxr import registry
+    from cxr.ops import registry
 
     project = str(Path(project).resolve())
     logger = get_run_logger()

@@ -2,7 +2,7 @@
 
 A Prefect flow (``cxr-monitor``) of four tasks: reference (the model card's validation
 probabilities; first, since the promoted model's tag picks its lines of the trail),
-read-trail (every rotated file of the trail, the window), compare (:mod:`cxr.drift`),
+read-trail (every rotated file of the trail, the window), compare (:mod:`cxr.ops.drift`),
 publish (a markdown artifact ``cxr-drift`` with the figures and a histogram of reference vs
 recent probabilities, a table artifact ``cxr-drift-figures``).
 A drift beyond ``params.yaml`` ``monitor`` ends the run Failed with the reasons, so that a
@@ -38,7 +38,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 
-from cxr import UserError, drift, params  # noqa: E402
+from cxr import UserError, params  # noqa: E402
+from cxr.ops import drift  # noqa: E402
 
 
 def _user_errors(fn):
@@ -75,7 +76,7 @@ def reference(card_path: str | None) -> dict:
 
     tag = None
     if card_path is None:
-        from cxr import registry
+        from cxr.ops import registry
 
         entry = registry.promoted()
         tag, folder = str(entry.tag), Path(entry.path)

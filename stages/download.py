@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 from cxr import SYNTHETIC_WARNING, UserError, cli, params
+from cxr.data.manifest import IMAGES_DIR, SOURCE_INFO, SOURCE_SPLITS, parse_name, write_manifest
+from cxr.data.sources import PIN_INFO, Fetched, dataset_hash, describe, fetch
+from cxr.data.sources.folder import Layout, scan
 from cxr.io import atomic_path, sha256_bytes, write_json
-from cxr.manifest import IMAGES_DIR, SOURCE_INFO, SOURCE_SPLITS, parse_name, write_manifest
-from cxr.sources import PIN_INFO, Fetched, dataset_hash, describe, fetch
-from cxr.sources.folder import Layout, scan
 
 log = logging.getLogger("download")
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from cxr import LABELS, SYNTHETIC_WARNING, UserError, cli, params
-from cxr.acquisition import ClassAcquisition
-from cxr.dataset import load_split
-from cxr.imaging import ImagingConfig
+from cxr.data.dataset import load_split
+from cxr.data.manifest import SOURCE_INFO, read_source_info
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import write_csv, write_json
-from cxr.manifest import SOURCE_INFO, read_source_info
 from cxr.metrics import THRESHOLD_RULES, at_threshold, choose_threshold, curves, ranking, test_split_hash
 from cxr.records import predictions
 from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
 from cxr.records.train_summary import TrainSummary
+from cxr.shift.acquisition import ClassAcquisition
 
 log = logging.getLogger("evaluate")
 THRESHOLD_ON = ("val", "val+counterfactual")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = params.require(cfg, "runtime", str, "evaluate")
     import keras
 
-    from cxr.model import Scorer
+    from cxr.model.network import Scorer
 
     model = keras.saving.load_model(p.model)
     imaging = TrainSummary.read(p.train_summary).imaging  # as training recorded it
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     choices = {"val": choose_threshold(val.labels, val_scores, target_recall, rule, confidence)}
     if threshold_on == "val+counterfactual" or run_counterfactual:
-        from cxr.robustness import counterfactual_view
+        from cxr.shift.robustness import counterfactual_view
 
         shifted = score(counterfactual_view(p.raw, val.paths, val.labels, facts, imaging))
         choices["val+counterfactual"] = choose_threshold(
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> None:
                      test_split_hash=test_split_hash(source.get("dataset_hash"), test.paths))
     views = None  # the stress sample as other chains would send it, for the stress test and the refusal
     if stress_images > 0:
-        from cxr.robustness import perturbed_views, stratified_sample
+        from cxr.shift.robustness import perturbed_views, stratified_sample
 
         idx = stratified_sample(test.labels, stress_images, stress_seed)
         views = perturbed_views([(p.raw / str(test.paths[i])).read_bytes() for i in idx], imaging)
         diagnostics["stress"] = _stress(score, views, test.labels[idx], threshold)
     if run_counterfactual:
-        from cxr.robustness import PROXY, counterfactual_report, counterfactual_scores
+        from cxr.shift.robustness import PROXY, counterfactual_report, counterfactual_scores
 
         variants = counterfactual_scores(p.raw, test.paths, test.labels, test_scores, facts, imaging, score)
         cf = counterfactual_report(variants, test.labels, test_scores, threshold, facts)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if run_audit:
         diagnostics["shortcut_audit"] = _audit(test, test_scores, p.prepared)
     if originals is not None:
-        from cxr.robustness import served_gap
+        from cxr.shift.robustness import served_gap
 
         diagnostics["served_vs_copy"] = served_gap(_original_pairs(Path(str(originals)), p.raw), threshold, imaging,
                                                    score)
@@ -156,9 +156,9 @@ def _ood(scorer, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, v
     """The not-a-chest-X-ray refusal on sets it was not fitted or tuned on: the test X-rays (pass
     rate, as they are and as other X-ray chains would send them: the stress test's perturbations)
     and generated non-X-ray images (refusal rate per family)."""
-    from cxr.imaging import preprocess_bytes
-    from cxr.non_xray import non_xray_images
-    from cxr.ood import Features, load, report
+    from cxr.data.non_xray import non_xray_images
+    from cxr.imaging.preprocess import preprocess_bytes
+    from cxr.model.ood import Features, load, report
 
     detector = load(detector_path)
     per_family = params.require(cfg, "non_xray_per_family", int, "ood")
@@ -183,7 +183,7 @@ def _ood(scorer, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, v
 
 def _stress(score, views: dict, labels: np.ndarray, threshold: float) -> dict:
     """The acquisition-shift stress test on a stratified sample of the test split."""
-    from cxr.robustness import stress_test
+    from cxr.shift.robustness import stress_test
 
     result = stress_test(views, labels, threshold, score)
     for name, m in result["perturbations"].items():
@@ -195,8 +195,8 @@ def _stress(score, views: dict, labels: np.ndarray, threshold: float) -> dict:
 def _audit(test, test_scores: np.ndarray, prepared: Path) -> dict:
     """The shortcut audit per split, the train-fitted shortcut on test, and whether the
     model's test scores follow it within each class."""
-    from cxr.manifest import parse_name
-    from cxr.shortcuts import Audit, cross_validated, features, within_class_reliance
+    from cxr.data.manifest import parse_name
+    from cxr.shift.shortcuts import Audit, cross_validated, features, within_class_reliance
 
     out = {}
     feats = {}
@@ -217,7 +217,7 @@ def _audit(test, test_scores: np.ndarray, prepared: Path) -> dict:
 
 def _original_pairs(originals: Path, raw: Path) -> list[tuple[int, bytes, bytes]]:
     """(label, original, the data set's copy) for every original whose copy is in ``raw``."""
-    from cxr.manifest import read_manifest
+    from cxr.data.manifest import read_manifest
 
     by_name = {(r["label"], Path(r["path"]).name): r["path"] for r in read_manifest(raw)}
     pairs = []

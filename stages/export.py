@@ -12,16 +12,16 @@ import shutil
 import numpy as np
 
 from cxr import cli, params
-from cxr.dataset import load_split
-from cxr.export import export_all, parity
+from cxr.data.dataset import load_split
+from cxr.data.manifest import read_source_info
 from cxr.io import atomic_path
-from cxr.manifest import read_source_info
-from cxr.ood import FILE_NAME as OOD_FILE
+from cxr.model.export import export_all, parity
+from cxr.model.ood import FILE_NAME as OOD_FILE
+from cxr.model.runtime import TFLiteModel
 from cxr.records import predictions
 from cxr.records.evaluation import Evaluation
 from cxr.records.model_card import ModelCard
 from cxr.records.train_summary import TrainSummary
-from cxr.runtime import TFLiteModel
 
 log = logging.getLogger("export")
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     n_images = params.require(cfg, "parity_images", int, "export")
     import keras
 
-    from cxr.model import embeddings, predict
+    from cxr.model.network import embeddings, predict
 
     evaluation, summary = Evaluation.read(p.metrics), TrainSummary.read(p.train_summary)
     model = keras.saving.load_model(p.model)

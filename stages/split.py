@@ -11,11 +11,11 @@ import logging
 import numpy as np
 
 from cxr import LABELS, UserError, cli, params
-from cxr.dataset import SplitData, labels_to_int, preprocess_files, save_split
-from cxr.imaging import ImagingConfig
+from cxr.data.dataset import SplitData, labels_to_int, preprocess_files, save_split
+from cxr.data.manifest import read_manifest
+from cxr.data.splitting import SPLITS, assign, check_no_leak, summary
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import atomic_path, write_csv, write_json
-from cxr.manifest import read_manifest
-from cxr.splitting import SPLITS, assign, check_no_leak, summary
 
 log = logging.getLogger("split")
 

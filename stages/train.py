@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from cxr import UserError, cli, params
-from cxr.acquisition import ClassAcquisition
-from cxr.dataset import SplitData, load_split
-from cxr.imaging import ImagingConfig
+from cxr.data.dataset import SplitData, load_split
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import atomic_path, write_csv
-from cxr.model import Architecture, build, embeddings, resolve_weights, weights_fingerprint
-from cxr.ood import OodConfig
+from cxr.model.network import Architecture, build, embeddings, resolve_weights, weights_fingerprint
+from cxr.model.ood import OodConfig
+from cxr.model.ood_fit import fit_on_views
+from cxr.model.training import TrainConfig, train
 from cxr.records.train_summary import TrainSummary
-from cxr.training import TrainConfig, fit_on_views, train
+from cxr.shift.acquisition import ClassAcquisition
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     view_sources = None
     if cfg.reacquire.active and weights is not None:  # from scratch uses no cached views
-        from cxr.robustness import acquisition_view
+        from cxr.shift.robustness import acquisition_view
 
         count = cfg.views - 1 if cfg.clean_view else cfg.views
         view_sources = [acquisition_view(p.raw, train_split.paths, train_split.labels, cfg.reacquire, facts_acq, imaging,
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
     selection = val_split
     if cfg.select_on == "val+counterfactual":
-        from cxr.robustness import counterfactual_view
+        from cxr.shift.robustness import counterfactual_view
 
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
@@ -109,8 +110,8 @@ def concat(split: SplitData, shifted: np.ndarray) -> SplitData:
 def views_audit(split: SplitData, view_sources: list[np.ndarray] | None) -> dict:
     """The shortcut audit on what training sees: the images as acquired, and the re-acquired
     views (whether re-acquisition took the class-conditional cues away)."""
-    from cxr.manifest import parse_name
-    from cxr.shortcuts import cross_validated, features
+    from cxr.data.manifest import parse_name
+    from cxr.shift.shortcuts import cross_validated, features
 
     groups = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
     out = {"as_acquired": cross_validated(features(split.images), split.labels, groups)}

@@ -10,7 +10,7 @@ expectation exits 2 with the failing expectations and files named, so DVC stops.
 from __future__ import annotations
 
 from cxr import cli, params
-from cxr.validation import validate_dataset
+from cxr.data.validation import validate_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ def xray8(size: int = 224) -> np.ndarray:
     files = sorted(DATA.glob("train/NORMAL/*.jpeg"))[:1] if DATA.is_dir() else []
     if files:
         return np.asarray(Image.open(files[0]).convert("L"))
-    from cxr.sources.synthetic import _patient_anatomy, draw
+    from cxr.data.sources.synthetic import _patient_anatomy, draw
 
     rng = np.random.default_rng(7)
     return np.asarray(draw(rng, _patient_anatomy(rng), size)[0])

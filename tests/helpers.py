@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cxr.data.manifest import IMAGES_DIR, parse_name, write_manifest
 from cxr.io import sha256_bytes
-from cxr.manifest import IMAGES_DIR, parse_name, write_manifest
 
 
 def noise_jpeg(seed: int, size: int | tuple[int, int] = 64, mode: str = "L", quality: int = 90) -> bytes:

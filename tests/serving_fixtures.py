@@ -2,8 +2,8 @@
 
 ``make_promoted_model`` builds a small MobileNetV2, trains it a few steps on synthetic
 blobs (so its outputs are not the constant 0.5 of a fresh network), exports it with
-:func:`cxr.export.export_all`, writes a model card and promotes it into ``bentoml_home``
-with :func:`cxr.registry.promote` -- exactly the store entry the pipeline would produce,
+:func:`cxr.model.export.export_all`, writes a model card and promotes it into ``bentoml_home``
+with :func:`cxr.ops.registry.promote` -- exactly the store entry the pipeline would produce,
 only smaller. Nothing here is mocked.
 
 CLI (what the test fixture runs, in a fresh process so that BentoML sees the right
@@ -55,8 +55,8 @@ def train_tiny(size: int = 64, alpha: float = 0.35, steps: int = 30, seed: int =
     """A small MobileNetV2 trained on blobs for a few steps (about 10-20 s on 2 cores)."""
     import keras
 
-    from cxr.imaging import to_model_input
-    from cxr.model import Architecture, build
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.network import Architecture, build
 
     keras.utils.set_random_seed(seed)
     model = build(size, Architecture(alpha=alpha, dropout=0.0), weights=None)
@@ -66,7 +66,7 @@ def train_tiny(size: int = 64, alpha: float = 0.35, steps: int = 30, seed: int =
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.5
     if steps:
-        from cxr.imaging import ImagingConfig, preprocess_bytes
+        from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 
         raw, labels = blob_images(64, 2 * size, seed)
         # Train on what serving feeds the model: THE preprocessing of encoded images.
@@ -89,9 +89,9 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
 
     import dataclasses
 
-    from cxr.export import export_all
-    from cxr.imaging import ImagingConfig
-    from cxr.model import Architecture, predict
+    from cxr.imaging.preprocess import ImagingConfig
+    from cxr.model.export import export_all
+    from cxr.model.network import Architecture, predict
     from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
     from cxr.records.model_card import ModelCard
     from cxr.records.train_summary import TrainSummary
@@ -126,7 +126,7 @@ def make_promoted_model(out_dir: Path, bentoml_home: Path, *, size: int = 64, al
 
     # BentoML reads BENTOML_HOME once per process: run this in a fresh process (see the CLI).
     os.environ["BENTOML_HOME"] = str(bentoml_home)
-    from cxr.registry import promote
+    from cxr.ops.registry import promote
 
     tag = promote(export_dir, verdict={"passed": True, "reason": "test fixture"})
     return {"tag": tag, "export_dir": export_dir, "bentoml_home": Path(bentoml_home), "image_size": size,

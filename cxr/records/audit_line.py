@@ -1,6 +1,6 @@
 """The audit trail's line, ``cxr-audit/1``: one JSON object per answered or refused image.
 
-Written by the service (:mod:`cxr.audit`), read by the drift monitor (:mod:`cxr.drift`): both
+Written by the service (:mod:`cxr.serve.audit`), read by the drift monitor (:mod:`cxr.ops.drift`): both
 through this module. What a line may hold is fixed here: times, ids, the route, the model, the
 input's sha256, size and format, the answer or the refusal reason, the latency. Never pixels,
 file names, URLs or patient data.

@@ -2,7 +2,7 @@
 
 The gated figures (test ranking and the operating point at the chosen threshold, and which
 data they were measured on) are typed fields; the diagnostic sections are kept as their
-owners build them (:mod:`cxr.robustness`, :mod:`cxr.shortcuts`) and carried through unread.
+owners build them (:mod:`cxr.shift.robustness`, :mod:`cxr.shift.shortcuts`) and carried through unread.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
-from cxr.imaging import ImagingConfig
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import write_text
 from cxr.records import Fields, Format
 from cxr.records.evaluation import Evaluation
@@ -131,7 +131,7 @@ class ModelCard:
                 "architecture": f"{summary.architecture['description']}, global average pooling, one logit, "
                                 "Platt-calibrated sigmoid",
                 "backbone": summary.architecture,
-                "input": "float32 [N, S, S, 1] in 0..255 from cxr.imaging.preprocess_bytes (grayscale, "
+                "input": "float32 [N, S, S, 1] in 0..255 from cxr.imaging.preprocess.preprocess_bytes (grayscale, "
                          "squashed to S x S, per-image intensity normalisation)",
                 "output": "probability of PNEUMONIA",
                 "weights_init": summary.weights,
@@ -280,11 +280,12 @@ def _ood_lines(ood: dict | None) -> list[str]:
     xray, non = ood["xray"], ood["non_xray"]
     lines = ["## Not a chest X-ray: refused",
              "Uploads unlike the training X-rays (the model's embedding far from theirs, or image statistics no "
-             "radiograph has) are answered 422 with the reason, never labelled (cxr/ood.py). The threshold lets "
+             "radiograph has) are answered 422 with the reason, never labelled (cxr/model/ood.py). The threshold lets "
              f"{ood.get('val_pass_rate_achieved')} of the validation X-rays and their re-acquired copies pass "
              f"(target {ood.get('val_pass_rate')}). Measured on sets it was neither fitted nor tuned on: the test "
              f"X-rays pass at {xray['pass_rate']} ({xray['passed']} of {xray['images']}); generated non-X-ray "
-             f"images (cxr/non_xray.py) are refused at {non['refusal_rate']} ({non['refused']} of {non['images']}).",
+             f"images (cxr/data/non_xray.py) are refused at {non['refusal_rate']} "
+             f"({non['refused']} of {non['images']}).",
              "", "| family | images | refused |", "|---|---|---|"]
     lines += [f"| {family} | {m['images']} | {m['refusal_rate']} |" for family, m in non["by_family"].items()]
     perturbed = ood.get("xray_perturbed")
@@ -299,7 +300,7 @@ def _stress_lines(stress: dict | None) -> list[str]:
     if not stress:
         return []
     lines = ["## Acquisition-shift stress test",
-             f"{stress['images']} test images re-sent as other X-ray chains would send them (cxr/robustness.py), "
+             f"{stress['images']} test images re-sent as other X-ray chains would send them (cxr/shift/robustness.py), "
              f"at the same threshold {stress['threshold']}. A validation-chosen threshold is known to lose "
              "specificity on a new chain: read these before trusting the test figures elsewhere. Training "
              "re-acquires its augmented views with the same family of changes; the held-out ones were never "
@@ -316,7 +317,7 @@ def _counterfactual_lines(cf: dict | None) -> list[str]:
         return []
     lines = ["## Counterfactual proxy: the class-conditional acquisition shift",
              f"The {cf['images']} test images again, with one class's films re-acquired as the other class's "
-             f"chain would have made them (aspect of the film, fine detail: cxr/acquisition.py), at the same "
+             f"chain would have made them (aspect of the film, fine detail: cxr/shift/acquisition.py), at the same "
              f"threshold {cf['threshold']}. `normal_as_pneumonia` is the known shape of the official test split "
              "(its NORMAL films were acquired like the training PNEUMONIA ones). A model that reads the lungs "
              "keeps its figures here; one that reads the acquisition loses specificity. In-house proxy, not "
@@ -333,7 +334,7 @@ def _audit_lines(audit: dict | None, views: dict | None) -> list[str]:
     if not audit:
         return []
     lines = ["## Shortcut audit",
-             "How well acquisition features alone (aspect, detail, noise, exposure, borders; cxr/shortcuts.py) "
+             "How well acquisition features alone (aspect, detail, noise, exposure, borders; cxr/shift/shortcuts.py) "
              "tell the labels, patient-grouped cross-validated ROC AUC (0.5 = nothing to learn):", ""]
     lines += [f"- {split}: {audit[split]['cv_auc']}" for split in ("train", "val", "test") if split in audit]
     if views:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr import UserError
-from cxr.imaging import ImagingConfig
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.records import Fields, Format
 
 FORMAT = Format("cxr-train-summary", 1, "the train stage's summary", "rerun the train stage (dvc repro train)")
@@ -22,15 +22,15 @@ _TYPED = ("imaging", "architecture", "weights", "calibration", "wall_time_s", "s
 @dataclass(frozen=True)
 class TrainSummary:
     imaging: ImagingConfig
-    architecture: dict  # cxr.model.Architecture.to_dict() and its "description"
-    weights: str | None  # cxr.model.weights_fingerprint: None (from scratch), or the file's sha256
+    architecture: dict  # cxr.model.network.Architecture.to_dict() and its "description"
+    weights: str | None  # cxr.model.network.weights_fingerprint: None (from scratch), or the file's sha256
     calibration: dict
     wall_time_s: float
     selected_on: str
     reacquire: dict | None = None
     acquisition: dict | None = None
     shortcut_audit_views: dict | None = None
-    training: dict = field(default_factory=dict)  # cxr.training.train's facts: mode, counts, timings
+    training: dict = field(default_factory=dict)  # cxr.model.training.train's facts: mode, counts, timings
 
     def __post_init__(self):
         for key in ("backbone", "description"):

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from cxr import UserError
-from cxr.acquisition import ClassAcquisition, class_mixed, counterfactual, detail, measure, shift, squash
-from cxr.shortcuts import FEATURES, Audit, cross_validated, features, within_class_reliance
+from cxr.shift.acquisition import ClassAcquisition, class_mixed, counterfactual, detail, measure, shift, squash
+from cxr.shift.shortcuts import FEATURES, Audit, cross_validated, features, within_class_reliance
 
 
 def textured(seed: int = 0, size=(120, 100)) -> Image.Image:
@@ -114,7 +114,7 @@ def test_measure_recovers_a_planted_aspect_and_detail_difference(tmp_path):
 
 
 def test_measure_command_prints_a_params_section(tmp_path, capsys):
-    from cxr.acquisition import main
+    from cxr.shift.acquisition import main
 
     for label, aspect in (("NORMAL", 1.2), ("PNEUMONIA", 1.5)):
         (tmp_path / "orig" / label).mkdir(parents=True)
@@ -170,7 +170,7 @@ def test_within_class_reliance_sees_a_model_that_follows_the_shortcut():
 def test_squash_leaves_the_same_traces_in_both_directions():
     """On isotropic noise (no anatomy), squashing one class and widening the other must not
     leave a directional trace that tells them apart; the held-out stretch does."""
-    from cxr.acquisition import squash_stretched
+    from cxr.shift.acquisition import squash_stretched
 
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 160)).astype(np.uint8), "L")
 
@@ -188,7 +188,7 @@ def test_squash_leaves_the_same_traces_in_both_directions():
 
 
 def test_held_out_detail_reaches_the_same_detail_level_another_way():
-    from cxr.acquisition import _fine_detail, detail_held_out
+    from cxr.shift.acquisition import _fine_detail, detail_held_out
 
     img = textured(3, (96, 96))
     for gain in (0.7, 1.6):

@@ -1,4 +1,4 @@
-"""The audit trail (cxr/audit.py): $CXR_AUDIT parsing, the cxr-audit/1 lines for answers and
+"""The audit trail (cxr/serve/audit.py): $CXR_AUDIT parsing, the cxr-audit/1 lines for answers and
 refusals (read back by the drift monitor), request ids, metrics, and rotation shared by processes."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cxr import UserError
-from cxr.audit import (SCHEMA, Audit, AuditConfig, LockedRotatingFileHandler, StdoutHandler, line, request_id_for,
+from cxr.serve.audit import (SCHEMA, Audit, AuditConfig, LockedRotatingFileHandler, StdoutHandler, line, request_id_for,
                        url_refusal)
-from cxr.drift import read_trail, trail_files
-from cxr.serving import RequestError
+from cxr.ops.drift import read_trail, trail_files
+from cxr.serve.decoding import RequestError
 from tests.serving_fixtures import jpeg_bytes, png_bytes
 
 TAG = "cxr-pneumonia:abc123"
@@ -95,8 +95,8 @@ def test_reason_codes():
 
 
 def test_decode_refusals_carry_the_image_error_kind():
-    from cxr.imaging import ImagingConfig
-    from cxr.serving import decode
+    from cxr.imaging.preprocess import ImagingConfig
+    from cxr.serve.decoding import decode
 
     cfg = ImagingConfig(64, "equalize")
     truncated = jpeg_bytes(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))[:2000]

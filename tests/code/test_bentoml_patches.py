@@ -1,4 +1,4 @@
-"""What cxr/bentoml_patches.py replaces inside BentoML is still there and still shaped as it was:
+"""What cxr/serve/bentoml_patches.py replaces inside BentoML is still there and still shaped as it was:
 an upgrade that moves it fails here, loudly, instead of the patch silently missing.
 
 (The patched behaviour itself, over real HTTP: tests/system/test_service.py, URL file fields
@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from cxr import bentoml_patches
+from cxr.serve import bentoml_patches
 
 
 def test_the_patched_targets_exist_as_expected():
@@ -33,5 +33,5 @@ def test_apply_replaces_both_and_is_idempotent():
     first = inspect.getattr_static(serde.MultipartSerde, "parse_request")
     bentoml_patches.apply()
     assert inspect.getattr_static(serde.MultipartSerde, "parse_request") is first  # not wrapped twice
-    assert first.__module__ == "cxr.bentoml_patches"
-    assert serde.MultipartSerde.ensure_file.__module__ == "cxr.bentoml_patches"
+    assert first.__module__ == "cxr.serve.bentoml_patches"
+    assert serde.MultipartSerde.ensure_file.__module__ == "cxr.serve.bentoml_patches"

@@ -1,4 +1,4 @@
-"""DICOM input through THE preprocessing (cxr.imaging.preprocess_bytes -> cxr.dicom): the same
+"""DICOM input through THE preprocessing (cxr.imaging.preprocess.preprocess_bytes -> cxr.imaging.dicom): the same
 model input as a PNG of the same pixels, radiology's display pipeline (rescale, VOI window or
 LUT, MONOCHROME1), and hostile headers refused before a pixel is decoded, naming no patient data."""
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr.imaging import ImageError, ImagingConfig, preprocess_bytes, sixteen_bit_to_8bit
-from cxr.serving import RequestError, decode
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+from cxr.imaging.primitives import ImageError, sixteen_bit_to_8bit
+from cxr.serve.decoding import RequestError, decode
 from tests.dicom_files import PATIENT_MARKERS, dataset, dicom, png, refused_variants, xray8, xray16
 
 CFG = ImagingConfig(image_size=64, intensity="equalize")
@@ -17,8 +18,8 @@ SYNTAXES = [None, RLELossless, JPEG2000Lossless]  # None: Explicit VR Little End
 
 
 def display(data: bytes) -> np.ndarray:
-    """What cxr.dicom hands to the PNG path: the decoded 8-bit gray image."""
-    from cxr.imaging import open_image
+    """What cxr.imaging.dicom hands to the PNG path: the decoded 8-bit gray image."""
+    from cxr.imaging.preprocess import open_image
 
     return np.asarray(open_image(data).decode())
 
@@ -97,7 +98,7 @@ def test_signed_pixels_with_rescale():
 
 
 def test_weighted_percentiles_are_numpys():
-    from cxr.dicom import weighted_percentiles
+    from cxr.imaging.dicom import weighted_percentiles
 
     rng = np.random.default_rng(0)
     levels = rng.normal(0, 500, 4096)

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from cxr import SYNTHETIC_WARNING, UserError
+from cxr.data.manifest import parse_name, read_manifest
+from cxr.data.sources import dataset_hash
 from cxr.io import sha256_file
-from cxr.manifest import parse_name, read_manifest
-from cxr.sources import dataset_hash
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"seed": 3, "size": 64, "images_per_patient": [1, 2],
@@ -169,6 +169,6 @@ def test_bad_params_are_user_errors(tmp_path):
     proc = run_stage(tmp_path)
     assert proc.returncode == 2 and "download.synthetic.size" in proc.stderr
     with pytest.raises(UserError):
-        from cxr.sources import describe
+        from cxr.data.sources import describe
 
         describe("")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from cxr import UserError, params
-from cxr.drift import (NO_REFERENCE, DriftConfig, compare, figures_table, ks_2samp, psi, psi_edges, read_trail,
+from cxr.ops.drift import (NO_REFERENCE, DriftConfig, compare, figures_table, ks_2samp, psi, psi_edges, read_trail,
                        reference_from_card, summary_line, trail_files)
-from cxr.imaging import ImagingConfig
+from cxr.imaging.preprocess import ImagingConfig
 from cxr.records.model_card import ModelCard
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ import pytest
 import dataclasses
 
 from cxr import UserError
-from cxr.gate import GateConfig, decide, verdict_markdown
+from cxr.ops.gate import GateConfig, decide, verdict_markdown
 from cxr.records.evaluation import GatedFigures
 
 CFG = GateConfig(min_recall=0.99, min_specificity=0.8, min_roc_auc=0.95, max_regression=0.01)

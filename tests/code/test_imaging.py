@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.imaging import ImageError, ImagingConfig, preprocess_bytes, to_model_input
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes, to_model_input
+from cxr.imaging.primitives import ImageError
 
 CFG = ImagingConfig(image_size=64, intensity="equalize")
 
@@ -151,7 +152,7 @@ def test_real_detector_sizes_still_decode():
 def test_16_bit_table_gives_the_values_of_the_float_formula():
     rng = np.random.default_rng(5)
     arr16 = rng.integers(0, 4096, (80, 70), dtype=np.uint16) * 13
-    from cxr.imaging import _to_grayscale
+    from cxr.imaging.preprocess import _to_grayscale
 
     got = np.asarray(_to_grayscale(Image.fromarray(arr16)))
     f = arr16.astype(np.float64)
@@ -170,7 +171,7 @@ def test_jpeg_with_absurdly_many_scans_is_refused():
 
 
 def test_mpo_is_draft_decoded_like_jpeg():
-    from cxr.imaging import decode_cost, open_image
+    from cxr.imaging.preprocess import decode_cost, open_image
 
     frames = [Image.fromarray(xray_like(3200, 3000)), Image.fromarray(xray_like(3200, 3000, seed=1))]
     buf = io.BytesIO()
@@ -185,7 +186,7 @@ def test_mpo_is_draft_decoded_like_jpeg():
 def test_decode_budget_queues_then_answers_503():
     import threading
 
-    from cxr.serving import DecodeBudget, RequestError
+    from cxr.serve.decoding import DecodeBudget, RequestError
 
     budget = DecodeBudget(capacity=100, wait_s=0.3)
     held = threading.Event()

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from cxr import UserError
-from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr.ood import FORMAT_VERSION, REASONS, Features, ImageStats, OodConfig, fit, load, pass_threshold, report
-from cxr.non_xray import non_xray_images
+from cxr.data.non_xray import non_xray_images
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+from cxr.model.ood import FORMAT_VERSION, REASONS, Features, ImageStats, OodConfig, fit, load, pass_threshold, report
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 K = len(ImageStats.NAMES)
@@ -191,7 +191,7 @@ def test_loading_and_scoring_need_numpy_only(fitted, tmp_path):
     np.save(tmp_path / "stats.npy", val.stats)
     code = f"""
 import sys, numpy as np
-from cxr.ood import Features, load
+from cxr.model.ood import Features, load
 det = load({str(path)!r})
 feats = Features(np.load({str(tmp_path / 'emb.npy')!r}), np.load({str(tmp_path / 'stats.npy')!r}))
 print(int(det.passes(feats).sum()), len(det.reasons(feats)))
@@ -273,7 +273,7 @@ class RandomConvNet:
 
 
 def synthetic_xrays(seed: int, patients: int, tmp: pathlib.Path) -> list[bytes]:
-    from cxr.sources import synthetic
+    from cxr.data.sources import synthetic
 
     cfg = {"seed": seed, "size": 224, "images_per_patient": [1, 2], "patients": {"NORMAL": patients,
            "PNEUMONIA": patients}, "test_patients": {"NORMAL": 0, "PNEUMONIA": 0}}
@@ -284,8 +284,8 @@ def synthetic_xrays(seed: int, patients: int, tmp: pathlib.Path) -> list[bytes]:
 @pytest.fixture(scope="module")
 def realistic(tmp_path_factory):
     """Train, validation and held-out chests from disjoint seeds; each train and validation image
-    also once re-acquired (cxr.robustness.random_acquisition), as training sees them."""
-    from cxr.robustness import PERTURBATIONS, perturb_bytes, random_acquisition
+    also once re-acquired (cxr.shift.robustness.random_acquisition), as training sees them."""
+    from cxr.shift.robustness import PERTURBATIONS, perturb_bytes, random_acquisition
 
     tmp = tmp_path_factory.mktemp("ood_realistic")
     cfg, net = ImagingConfig(), RandomConvNet()

@@ -5,8 +5,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr.robustness import PERTURBATIONS, perturb_bytes, perturbed_views, stratified_sample, stress_test
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+from cxr.shift.robustness import PERTURBATIONS, perturb_bytes, perturbed_views, stratified_sample, stress_test
 from tests.helpers import noise_jpeg
 
 
@@ -82,8 +82,8 @@ def test_stress_report_measures_a_brightness_sensitive_model():
 
 
 def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(tmp_path):
-    from cxr.acquisition import ClassAcquisition, decode_gray
-    from cxr.robustness import Reacquire, acquisition_view, random_acquisition
+    from cxr.shift.acquisition import ClassAcquisition, decode_gray
+    from cxr.shift.robustness import Reacquire, acquisition_view, random_acquisition
 
     rels = []
     for i in range(6):
@@ -105,7 +105,7 @@ def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(
     assert Image.open(io.BytesIO(out)).format == "JPEG" and Image.open(io.BytesIO(out)).size == (160, 128)
     # Class mixing alone, with identical facts for both classes and no generic part, changes
     # nothing: the image is decoded in full (no JPEG draft) and preprocessed.
-    from cxr.imaging import preprocess_image
+    from cxr.imaging.preprocess import preprocess_image
 
     same = ClassAcquisition()
     plain = acquisition_view(tmp_path, rels, labels, Reacquire(class_mix=(0.0, 1.0)), same, cfg, seed=3)
@@ -122,7 +122,7 @@ def test_reacquire_params_are_checked():
     import pytest
 
     from cxr import UserError
-    from cxr.robustness import Reacquire
+    from cxr.shift.robustness import Reacquire
 
     assert Reacquire.from_params({"class_mix": [-0.25, 1.25], "generic": False}).class_mix == (-0.25, 1.25)
     assert not Reacquire.from_params({"class_mix": None}).active
@@ -155,8 +155,8 @@ def test_counterfactual_proxy_catches_a_model_that_reads_the_aspect(tmp_path):
     """Train-like data where the class *is* the film aspect: a 'model' that scores how narrow
     the chest looks separates the classes on clean images and loses specificity (NORMAL made to
     look like PNEUMONIA) on the proxy, while a model that ignores the aspect keeps it."""
-    from cxr.acquisition import ClassAcquisition
-    from cxr.robustness import PROXY, counterfactual_test
+    from cxr.shift.acquisition import ClassAcquisition
+    from cxr.shift.robustness import PROXY, counterfactual_test
 
     facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(1.0, 1.0))
     labels = np.array([0] * 8 + [1] * 8)
@@ -191,7 +191,7 @@ def test_counterfactual_proxy_catches_a_model_that_reads_the_aspect(tmp_path):
 
 
 def test_served_gap_is_zero_for_identical_files_and_measures_a_chain_change():
-    from cxr.robustness import served_gap
+    from cxr.shift.robustness import served_gap
 
     cfg = ImagingConfig(32, intensity="none")
     pairs = [(i % 2, smooth_xray(i), smooth_xray(i)) for i in range(6)]

@@ -1,5 +1,6 @@
-"""cxr.serving units: decoding with specific statuses, URL policy and a real (local) HTTP fetch
-with its limits, the answer and the heatmap picture. No model needed except where marked."""
+"""cxr.serve.serving, cxr.serve.decoding and cxr.serve.explain units: decoding with specific
+statuses, URL policy and a real (local) HTTP fetch with its limits, the answer and the heatmap
+picture. No model needed except where marked."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 from PIL import Image
 
 from cxr import SCREENING_NOTICE, UserError
-from cxr.imaging import MAX_BYTES, ImagingConfig
-from cxr.serving import (RequestError, ServedModel, UrlPolicy, decode, fetch_url, heatmap_png, prediction,
-                         sniff)
+from cxr.imaging.preprocess import ImagingConfig
+from cxr.imaging.primitives import MAX_BYTES
+from cxr.serve.decoding import RequestError, UrlPolicy, decode, fetch_url, sniff
+from cxr.serve.explain import heatmap_png
+from cxr.serve.serving import ServedModel, prediction
 
 CFG = ImagingConfig(64, "equalize")
 
@@ -47,7 +50,7 @@ def test_sniff_trusts_magic_bytes_only():
 
 
 def test_decode_gives_the_training_preprocessing():
-    from cxr.imaging import preprocess_bytes
+    from cxr.imaging.preprocess import preprocess_bytes
 
     data = png(image())
     assert np.array_equal(decode(data, CFG), preprocess_bytes(data, CFG))
@@ -224,7 +227,7 @@ def test_load_takes_imaging_and_threshold_from_the_card(promoted_model):
     ("aspect 1.204/1.485", "aspect 1.204/1.485"), ("../shared/data", "../shared/data"),
 ])
 def test_local_details_are_cut_from_what_clients_see(text, shown):
-    from cxr.serving import without_local_details
+    from cxr.serve.decoding import without_local_details
 
     assert without_local_details({"a": [text, 3, None]}) == {"a": [shown, 3, None]}
 
@@ -236,24 +239,24 @@ def test_background_lane_runs_work_at_the_lowest_priority_and_passes_errors_back
     import sys
     import threading
 
-    from cxr import serving
+    from cxr.serve import decoding, explain
 
-    lane = serving.BackgroundLane("test-lane")
+    lane = explain.BackgroundLane("test-lane")
 
     def niceness():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.current_thread().name
 
     def fails():
-        raise serving.RequestError("bad image", 415)
+        raise decoding.RequestError("bad image", 415)
 
     async def main():
         got = await lane.run(niceness)
-        with pytest.raises(serving.RequestError, match="bad image"):
+        with pytest.raises(decoding.RequestError, match="bad image"):
             await lane.run(fails)
         return got
 
     nice, name = asyncio.run(main())
     assert name.startswith("test-lane")
     if sys.platform.startswith("linux"):
-        assert nice == serving.BackgroundLane.NICE
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != serving.BackgroundLane.NICE  # caller untouched
+        assert nice == explain.BackgroundLane.NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != explain.BackgroundLane.NICE  # caller untouched

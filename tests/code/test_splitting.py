@@ -5,8 +5,8 @@ import random
 import pytest
 
 from cxr import UserError
-from cxr.manifest import parse_name
-from cxr.splitting import assign, check_no_leak, summary
+from cxr.data.manifest import parse_name
+from cxr.data.splitting import assign, check_no_leak, summary
 
 
 def make_rows(n_normal=60, n_pneu=120, with_test=False, seed=0):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cxr import UserError
-from cxr.sources import fetch, url
+from cxr.data.sources import fetch, url
 
 
 def jpeg(seed: int) -> bytes:

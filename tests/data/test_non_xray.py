@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr import non_xray
-from cxr.non_xray import FAMILIES, non_xray_images
+from cxr.data import non_xray
+from cxr.data.non_xray import FAMILIES, non_xray_images
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 
 PER_FAMILY = 5
 

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from cxr import UserError
+from cxr.data.manifest import parse_name
+from cxr.data.sources import fetch, folder, kaggle, synthetic
 from cxr.io import sha256_file
-from cxr.manifest import parse_name
-from cxr.sources import fetch, folder, kaggle, synthetic
 from tests.shared_paths import DATA as SHARED
 from tests.shared_paths import needs_data
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from cxr import UserError
+from cxr.data.manifest import COLUMNS, read_manifest, write_manifest
 from cxr.io import write_csv
-from cxr.manifest import COLUMNS, read_manifest, write_manifest
-from cxr.validation import (FACT_COLUMNS, FILE_FACT_COLUMNS, ValidateConfig, ValidationFailed, facts_for,
+from cxr.data.validation import (FACT_COLUMNS, FILE_FACT_COLUMNS, ValidateConfig, ValidationFailed, facts_for,
                             validate_dataset)
 from tests.helpers import add_image, make_raw, manifest_row, noise_jpeg
 

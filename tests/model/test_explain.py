@@ -22,8 +22,8 @@ PROB_TOLERANCE = 1e-4  # TFLite vs Keras float order; export parity allows 1e-3
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from cxr.export import export_all
-    from cxr.model import fold_calibration
+    from cxr.model.export import export_all
+    from cxr.model.network import fold_calibration
     from tests.serving_fixtures import train_tiny
 
     model = train_tiny(128, 0.35, steps=20)  # trained on blobs, a 4x4 map: maps with structure
@@ -33,8 +33,8 @@ def exported(tmp_path_factory):
 
 
 def test_explain_tflite_equals_keras_grad_cam(exported):
-    from cxr.model import grad_cam
-    from cxr.runtime import TFLiteModel
+    from cxr.model.network import grad_cam
+    from cxr.model.runtime import TFLiteModel
 
     model, files = exported
     explainer = TFLiteModel(files["tflite"])
@@ -56,7 +56,7 @@ def test_explain_tflite_equals_keras_grad_cam(exported):
 def test_resize_matches_tensorflow_bilinear():
     import tensorflow as tf
 
-    from cxr.runtime import resize_bilinear
+    from cxr.model.runtime import resize_bilinear
 
     values = np.random.default_rng(1).random((7, 7)).astype(np.float32)
     want = tf.image.resize(values[..., None], (224, 224), method="bilinear").numpy()[..., 0]
@@ -67,7 +67,7 @@ def test_explaining_imports_no_tensorflow(exported):
     from pathlib import Path
 
     _, files = exported
-    code = ("import sys, numpy as np; from cxr.runtime import TFLiteModel; "
+    code = ("import sys, numpy as np; from cxr.model.runtime import TFLiteModel; "
             f"cam, p = TFLiteModel({str(files['tflite'])!r}).explain(np.zeros((128, 128), np.uint8)); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))

@@ -1,4 +1,4 @@
-"""The frozen bottom on LiteRT (cxr/inference.py): the same activations as Keras, and the cache
+"""The frozen bottom on LiteRT (cxr/model/inference.py): the same activations as Keras, and the cache
 training hands to the not-a-chest-X-ray detector gives the embedding the model gives."""
 
 import numpy as np
@@ -9,15 +9,15 @@ from tests.shared_paths import WEIGHTS, needs_weights
 
 
 def small_bottom():
-    from cxr.model import Architecture, build, split_at
+    from cxr.model.network import Architecture, build, split_at
 
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
     return model, split_at(model, "block_2_pool")[0]
 
 
 def test_litert_runs_the_frozen_layers_as_keras_does():
-    from cxr.inference import runner
-    from cxr.imaging import to_model_input
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.inference import runner
 
     _, bottom = small_bottom()
     x = to_model_input(blobs(20, 64, 0).images)
@@ -31,8 +31,8 @@ def test_litert_runs_the_frozen_layers_as_keras_does():
 
 def test_unknown_runtime_is_a_user_error():
     from cxr import UserError
-    from cxr.inference import runner
-    from cxr.training import TrainConfig
+    from cxr.model.inference import runner
+    from cxr.model.training import TrainConfig
 
     _, bottom = small_bottom()
     with pytest.raises(UserError, match="frozen_runtime"):
@@ -50,8 +50,8 @@ def test_unknown_runtime_is_a_user_error():
 def test_the_cache_embeds_as_the_trained_model_does(runtime):
     """The detector reads training's cached activations for the images training saw: their
     embedding must be the model's own, to the float16 rounding of the cache."""
-    from cxr.model import Architecture, build, embeddings
-    from cxr.training import train
+    from cxr.model.network import Architecture, build, embeddings
+    from cxr.model.training import train
 
     train_set, val_set = blobs(48, 224, 0), blobs(16, 224, 1)
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))

@@ -28,7 +28,7 @@ def lam(promoted_model, monkeypatch_module):
     assert (entry / "model.tflite").is_file()
     monkeypatch_module.setenv("CXR_MODEL_DIR", str(entry))
     monkeypatch_module.setenv("CXR_MODEL_TAG", promoted_model["tag"])
-    from cxr import lambda_handler
+    from cxr.serve import lambda_handler
 
     lambda_handler._MODELS.clear()
     return lambda_handler
@@ -65,9 +65,9 @@ def call(lam, event):
 def test_handler_does_not_import_tensorflow(lam):
     import subprocess
 
-    code = ("import sys, base64; from cxr import lambda_handler; "
+    code = ("import sys, base64; from cxr.serve import lambda_handler; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(lam.Path(lam.__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(lam.Path(lam.__file__).parents[2]))
 
 
 def test_predictions_match_the_service(lam, service, promoted_model):

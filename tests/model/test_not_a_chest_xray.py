@@ -1,5 +1,5 @@
 """What is not a chest X-ray is refused, never labelled: the detector the train stage fits
-(:func:`cxr.training.fit_on_views`), exported beside the TFLite file whose embedding output it
+(:func:`cxr.model.ood_fit.fit_on_views`), exported beside the TFLite file whose embedding output it
 reads, and the served paths (/predict's ``predict_bytes``, the batch, /explain, the Lambda
 handler) that answer 422 from the same forward pass.
 
@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from cxr.imaging import ImagingConfig, preprocess_bytes
-from cxr.non_xray import non_xray_images
+from cxr.data.non_xray import non_xray_images
+from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 from tests.serving_fixtures import blob_images, png_bytes, train_tiny
 
 SIZE = 64
@@ -25,11 +25,11 @@ SIZE = 64
 def served(tmp_path_factory):
     import dataclasses
 
-    from cxr import ood
-    from cxr.export import export_all
-    from cxr.runtime import TFLiteModel
-    from cxr.serving import ServedModel
-    from cxr.training import fit_on_views
+    from cxr.model import ood
+    from cxr.model.export import export_all
+    from cxr.model.ood_fit import fit_on_views
+    from cxr.model.runtime import TFLiteModel
+    from cxr.serve.serving import ServedModel
     from tests.code.test_model_card import card, metrics
 
     imaging = ImagingConfig(SIZE, "equalize")
@@ -65,7 +65,8 @@ def test_what_the_detector_was_fitted_on_passes(served):
 
 
 def test_other_images_get_422_with_a_reason_and_no_label(served):
-    from cxr.serving import RequestError, predict_many
+    from cxr.serve.decoding import RequestError
+    from cxr.serve.serving import predict_many
 
     model, _ = served
     images = non_xray_images(seed=1, per_family=2, families=("document", "blank", "screenshot", "noise", "photo"))
@@ -85,7 +86,7 @@ def test_other_images_get_422_with_a_reason_and_no_label(served):
 
 
 def test_explain_refuses_from_the_same_pass(served):
-    from cxr.serving import RequestError, decode
+    from cxr.serve.decoding import RequestError, decode
 
     model, blobs = served
     heat, probability = model.explain(blobs(1, 11)[0])
@@ -98,7 +99,7 @@ def test_explain_refuses_from_the_same_pass(served):
 def test_the_lambda_handler_answers_422(served, monkeypatch):
     import base64
 
-    from cxr import lambda_handler
+    from cxr.serve import lambda_handler
 
     model, _ = served
     monkeypatch.setenv("CXR_MODEL_DIR", str(model.path))
@@ -124,7 +125,7 @@ def test_a_real_server_answers_a_document_422_and_a_blob_200(served, tmp_path):
 
     model, blobs = served
     home = tmp_path / "bentoml"
-    promote = ("import sys; from cxr.registry import promote; "
+    promote = ("import sys; from cxr.ops.registry import promote; "
                "print(promote(sys.argv[1], {'passed': True, 'reason': 'test'}))")
     subprocess.run([sys.executable, "-c", promote, str(model.path)], cwd=REPO, env=serving_env(home), check=True,
                    capture_output=True)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cxr.dataset import SplitData
-from cxr.training import Augment, TrainConfig, augmenter, class_weights, platt_scaling
+from cxr.data.dataset import SplitData
+from cxr.model.training import Augment, TrainConfig, augmenter, class_weights, platt_scaling
 
 from tests.shared_paths import WEIGHTS, needs_weights
 
@@ -57,8 +57,9 @@ def test_platt_scaling_recovers_a_known_slope():
 def test_from_scratch_training_learns_and_calibrates():
     from sklearn.metrics import roc_auc_score
 
-    from cxr.model import Architecture, build, predict
-    from cxr.training import FromScratch, train
+    from cxr.model.network import Architecture, build, predict
+    from cxr.model.from_scratch import FromScratch
+    from cxr.model.training import train
 
     train_set, val_set = blobs(48, 64, 0), blobs(24, 64, 1)
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
@@ -75,8 +76,8 @@ def test_batch_norm_recalibration_sets_the_statistics_of_the_images():
     batch norm holds the mean and variance of its input over the images given."""
     import keras
 
-    from cxr.imaging import to_model_input
-    from cxr.model import Architecture, build, recalibrate_batch_norm
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.network import Architecture, build, recalibrate_batch_norm
 
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
     images = blobs(40, 64, 3).images
@@ -91,8 +92,9 @@ def test_batch_norm_recalibration_sets_the_statistics_of_the_images():
 
 def test_a_network_that_outputs_a_constant_fails_training():
     from cxr import UserError
-    from cxr.model import Architecture, build
-    from cxr.training import FromScratch, train
+    from cxr.model.network import Architecture, build
+    from cxr.model.from_scratch import FromScratch
+    from cxr.model.training import train
 
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
     kernel, bias = model.get_layer("logit").get_weights()
@@ -103,7 +105,7 @@ def test_a_network_that_outputs_a_constant_fails_training():
 
 def test_from_scratch_architecture_comes_from_its_own_params():
     from cxr import UserError
-    from cxr.model import Architecture
+    from cxr.model.network import Architecture
 
     model = {"alpha": 1.0, "dropout": 0.2, "from_scratch": {"backbone": "small_cnn", "width": 12}}
     assert Architecture.from_params(model, from_scratch=False) == Architecture(alpha=1.0, dropout=0.2)
@@ -117,8 +119,8 @@ def test_from_scratch_architecture_comes_from_its_own_params():
 
 @needs_weights
 def test_cached_backbone_training_learns_and_full_model_matches_top():
-    from cxr.model import Architecture, build, predict
-    from cxr.training import train
+    from cxr.model.network import Architecture, build, predict
+    from cxr.model.training import train
 
     train_set, val_set = blobs(64, 224, 0), blobs(32, 224, 1)
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import requests
 
-from cxr.drift import read_trail, trail_files
+from cxr.ops.drift import read_trail, trail_files
 from tests.conftest import REPO, serving_env, start_server
 from tests.serving_fixtures import jpeg_bytes, png_bytes
 

@@ -58,8 +58,8 @@ REFUSED = refused_variants()
 @pytest.fixture(scope="module")
 def local_probability(promoted_model):
     """THE preprocessing and the exported TFLite model in this process: what the service must answer."""
-    from cxr.imaging import ImagingConfig, preprocess_bytes
-    from cxr.runtime import TFLiteModel
+    from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+    from cxr.model.runtime import TFLiteModel
 
     tflite = TFLiteModel(promoted_model["export_dir"] / "model.tflite")
     cfg = ImagingConfig(image_size=promoted_model["image_size"], intensity="equalize")
@@ -72,7 +72,7 @@ def lam(promoted_model):
     version = promoted_model["tag"].split(":")[1]
     mp.setenv("CXR_MODEL_DIR", str(promoted_model["bentoml_home"] / "models" / "cxr-pneumonia" / version))
     mp.setenv("CXR_MODEL_TAG", promoted_model["tag"])
-    from cxr import lambda_handler
+    from cxr.serve import lambda_handler
 
     lambda_handler._MODELS.clear()
     yield lambda_handler

@@ -147,8 +147,8 @@ def test_full_repro_then_noop_then_one_param(project):
     assert ran_stages(third.stdout) == ["evaluate", "export"]
 
     # Editing a core module reruns the stages that import it, and only those (and downstream):
-    # cxr/shortcuts.py is imported by train and evaluate, not by download, validate or split.
-    module = project / "cxr" / "shortcuts.py"
+    # cxr/shift/shortcuts.py is imported by train and evaluate, not by download, validate or split.
+    module = project / "cxr" / "shift" / "shortcuts.py"
     module.write_text(module.read_text() + "\n# edited by the test\n")
     fourth = run([DVC, "repro"], project)
     assert fourth.returncode == 0, fourth.stderr[-2000:]
@@ -172,10 +172,10 @@ def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
     from PIL import Image
 
     from cxr import params
-    from cxr.imaging import preprocess_bytes
+    from cxr.data.sources.synthetic import lesions
+    from cxr.imaging.preprocess import preprocess_bytes
+    from cxr.model.runtime import TFLiteModel
     from cxr.records.model_card import ModelCard
-    from cxr.runtime import TFLiteModel
-    from cxr.sources.synthetic import lesions
 
     card = ModelCard.read(project / "models/export")
     imaging, threshold = card.imaging, card.decision_threshold
@@ -203,7 +203,8 @@ def test_the_served_default_says_it_is_synthetic(project, bentoml_home):
     A real chest X-ray (../shared's originals, when present, as a JPEG and as a DICOM CR film)
     is either answered with that warning or refused as unlike the synthetic films, never as
     "not a chest X-ray"."""
-    from cxr.serving import RequestError, ServedModel, health
+    from cxr.serve.decoding import RequestError
+    from cxr.serve.serving import ServedModel, health
     from tests.dicom_files import dicom
     from tests.shared_paths import ORIGINALS
 

@@ -59,7 +59,7 @@ def export_dir(tmp_path, name: str, auc: float, spec: float, split: str = "split
 
 
 def test_promotion_records_lineage_and_is_what_promoted_returns(store, tmp_path):
-    from cxr import registry
+    from cxr.ops import registry
 
     verdict = {"passed": True, "reason": "gate passed: 3 checks", "champion": None,
                "checks": [{"check": "ROC AUC", "value": None, "passed": False}]}
@@ -80,7 +80,7 @@ def test_promotion_records_lineage_and_is_what_promoted_returns(store, tmp_path)
 
 
 def test_interrupted_promotion_leaves_the_champion(store, tmp_path, monkeypatch):
-    from cxr import registry
+    from cxr.ops import registry
 
     champion = registry.promote(export_dir(tmp_path, "a", 0.98, 0.85), {"passed": True})
     real_copy = shutil.copy2
@@ -101,7 +101,7 @@ def test_interrupted_promotion_leaves_the_champion(store, tmp_path, monkeypatch)
 
 
 def test_an_incomplete_export_is_refused(store, tmp_path):
-    from cxr import registry
+    from cxr.ops import registry
 
     out = export_dir(tmp_path, "a", 0.98, 0.85)
     (out / "model.tflite").unlink()
@@ -113,7 +113,7 @@ def test_an_incomplete_export_is_refused(store, tmp_path):
 
 
 def test_list_and_rollback(store, tmp_path):
-    from cxr import registry
+    from cxr.ops import registry
 
     first = registry.promote(export_dir(tmp_path, "a", 0.98, 0.85), {"passed": True})
     second = registry.promote(export_dir(tmp_path, "b", 0.99, 0.90), {"passed": True})
@@ -130,14 +130,14 @@ def test_list_and_rollback(store, tmp_path):
 
 
 def test_the_cli_lists_shows_and_rolls_back(store, tmp_path):
-    from cxr import registry
+    from cxr.ops import registry
 
     first = registry.promote(export_dir(tmp_path, "a", 0.98, 0.85), {"passed": True})
     second = registry.promote(export_dir(tmp_path, "b", 0.99, 0.90), {"passed": True})
     env = {**os.environ, "BENTOML_HOME": str(store)}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cxr.registry", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cxr.ops.registry", *args], env=env, capture_output=True,
                               text=True, timeout=120)
 
     listed = cli("list")
@@ -152,8 +152,8 @@ def test_the_cli_lists_shows_and_rolls_back(store, tmp_path):
 
 
 def test_file_hashes_are_recorded_and_verified(store, tmp_path):
-    from cxr import registry
     from cxr.io import sha256_file
+    from cxr.ops import registry
 
     out = export_dir(tmp_path, "a", 0.98, 0.85)
     tag = registry.promote(out, {"passed": True})
@@ -175,8 +175,8 @@ def test_file_hashes_are_recorded_and_verified(store, tmp_path):
 
 
 def test_promotion_refuses_an_export_changed_after_the_gate_scored_it(store, tmp_path):
-    from cxr import registry
     from cxr.io import file_digests
+    from cxr.ops import registry
 
     out = export_dir(tmp_path, "a", 0.98, 0.85)
     scored = {"name": "challenger", "files_sha256": file_digests(out, ("model.tflite", "model_card.json"))}
@@ -193,7 +193,7 @@ def test_concurrent_promotions_keep_every_history_entry(store, tmp_path):
     """Alias writes from many threads at once: the lock keeps each read-modify-write whole."""
     import threading
 
-    from cxr import registry
+    from cxr.ops import registry
 
     tags = [registry.promote(export_dir(tmp_path, n, 0.98, 0.85), {"passed": True}) for n in "abc"]
     barrier = threading.Barrier(12)

@@ -107,10 +107,10 @@ def test_health_endpoints(service):
 
 
 def test_predict_matches_training_preprocessing_and_tflite(service, promoted_model):
-    """The served probability is the exported TFLite model's on cxr.imaging.preprocess_bytes
+    """The served probability is the exported TFLite model's on cxr.imaging.preprocess.preprocess_bytes
     output at the model card's image size (64 here, not params.yaml's 224)."""
-    from cxr.runtime import TFLiteModel
-    from cxr.imaging import ImagingConfig, preprocess_bytes
+    from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
+    from cxr.model.runtime import TFLiteModel
 
     tflite = TFLiteModel(promoted_model["export_dir"] / "model.tflite")
     cfg = ImagingConfig(image_size=promoted_model["image_size"], intensity="equalize")

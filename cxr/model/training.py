@@ -1,0 +1,413 @@
+"""Transfer learning for MobileNetV2 on a 2-core CPU, in minutes rather than hours.
+
+The expensive part of MobileNetV2 is the frozen bottom of the backbone. It is run once
+over ``views`` copies of every training image (view 0 clean, the others augmented) and
+once over the validation images; its activations are cached (float16). Then:
+
+1. head phase: pooled features of the frozen network -> Dense, trained on cached features;
+2. fine-tune phase: the top of the backbone (from ``fine_tune_from``, batch norms kept
+   frozen) plus the head, trained on the cached activations, one random view of each
+   image per epoch;
+
+with class weights for the ~2.9:1 imbalance, label smoothing, early stopping on
+validation AUC (best weights restored), then Platt scaling fitted on validation logits
+and folded into the logit layer. With ``weights: none`` no cut makes sense (a freshly
+initialised backbone outputs near-zero features), so the whole network is trained, on
+the ``from_scratch`` schedule (:mod:`cxr.model.from_scratch`), with the batch-norm statistics
+re-estimated on the training images before each validation
+(:func:`cxr.model.network.recalibrate_batch_norm`). The not-a-chest-X-ray detector is fitted
+after training, by :mod:`cxr.model.ood_fit`.
+
+Whatever the path, a network whose validation outputs are constant fails training with a
+clear message instead of being calibrated, scored and promoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cxr import UserError, params
+from cxr.data.dataset import SplitData
+from cxr.model.fitting import batch_logits, compile_binary
+from cxr.model.from_scratch import FromScratch, fit_from_scratch
+from cxr.model.inference import RUNTIMES
+from cxr.shift.robustness import Reacquire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Augment:
+    rotation_degrees: float = 7.0
+    shift: float = 0.06
+    zoom: float = 0.1
+    contrast: float = 0.25
+    brightness: float = 0.15
+    gamma: float = 0.25
+
+
+# Validation logits spanning less than this are one constant (float noise aside).
+CONSTANT_LOGIT_SPAN = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    weights: str | None
+    batch_size: int
+    views: int
+    head_epochs: int
+    head_learning_rate: float
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+    fine_tune_from: str
+    label_smoothing: float
+    early_stopping_patience: int
+    augment: Augment = field(default_factory=Augment)
+    clean_view: bool = True
+    select_on: str = "val"
+    reacquire: Reacquire = field(default_factory=Reacquire)
+    from_scratch: FromScratch = field(default_factory=FromScratch)
+    frozen_runtime: str = "litert"
+
+    SELECT_ON = ("val", "val+counterfactual")
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> "TrainConfig":
+        where = "train"
+        aug = cfg.get("augment") or {}
+        if not isinstance(aug, dict):
+            raise UserError("params.yaml: 'train.augment' must be a mapping")
+        unknown = set(aug) - set(Augment.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"params.yaml: unknown 'train.augment' keys {sorted(unknown)}")
+        clean_view = cfg.get("clean_view", True)
+        if not isinstance(clean_view, bool):
+            raise UserError(f"params.yaml: 'train.clean_view' must be true or false, got {clean_view!r}")
+        select_on = cfg.get("select_on", "val")
+        if select_on not in cls.SELECT_ON:
+            raise UserError(f"params.yaml: 'train.select_on' must be one of {cls.SELECT_ON}, got {select_on!r}")
+        out = cls(
+            seed=params.require(cfg, "seed", int, where),
+            weights=None if cfg.get("weights") in (None, "none") else str(cfg.get("weights")),
+            batch_size=params.require(cfg, "batch_size", int, where),
+            views=params.require(cfg, "views", int, where),
+            head_epochs=params.require(cfg, "head_epochs", int, where),
+            head_learning_rate=params.require(cfg, "head_learning_rate", float, where),
+            fine_tune_epochs=params.require(cfg, "fine_tune_epochs", int, where),
+            fine_tune_learning_rate=params.require(cfg, "fine_tune_learning_rate", float, where),
+            fine_tune_from=params.require(cfg, "fine_tune_from", str, where),
+            label_smoothing=params.require(cfg, "label_smoothing", float, where),
+            early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where),
+            augment=Augment(**{k: float(v) for k, v in aug.items()}),
+            clean_view=clean_view,
+            select_on=select_on,
+            reacquire=Reacquire.from_params(cfg.get("reacquire")),
+            from_scratch=FromScratch.from_params(cfg.get("from_scratch")),
+            frozen_runtime=str(cfg.get("frozen_runtime", "litert")),
+        )
+        if out.frozen_runtime not in RUNTIMES:
+            raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
+        if out.batch_size < 1 or out.views < 1:
+            raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
+        if out.head_epochs < 0 or out.fine_tune_epochs < 0 or out.head_epochs + out.fine_tune_epochs == 0:
+            raise UserError("params.yaml: train.head_epochs + train.fine_tune_epochs must be > 0")
+        params.in_range(out.label_smoothing, 0.0, 0.5, "train.label_smoothing")
+        return out
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights (n / 2 n_c), so both classes weigh the same in the loss."""
+    n = len(labels)
+    pos = int(labels.sum())
+    if pos == 0 or pos == n:
+        raise UserError("the training split must contain both classes")
+    return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
+
+
+def augmenter(aug: Augment, seed: int):
+    """Batch augmentation for float ``[B, S, S, 1]`` 0..255 X-rays.
+
+    Geometry stays plausible for a chest film: small rotation, shift and zoom, no flips
+    (the heart is on the left); intensity jitter (gamma, contrast, brightness) stands in
+    for differences between acquisition chains that equalisation leaves behind.
+    """
+    import keras
+    import tensorflow as tf
+
+    geometry = keras.Sequential(
+        [
+            keras.layers.RandomRotation(aug.rotation_degrees / 360.0, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomZoom(aug.zoom, fill_mode="constant", seed=seed + 2),
+        ],
+        name="augment_geometry",
+    )
+    gen = tf.random.Generator.from_seed(seed + 3)
+
+    def apply(x):
+        x = geometry(x, training=True)
+        batch = tf.shape(x)[0]
+        unit = tf.clip_by_value(x / 255.0, 0.0, 1.0)
+        gamma = tf.exp(gen.uniform((batch, 1, 1, 1), -aug.gamma, aug.gamma))
+        unit = tf.pow(unit + 1e-6, gamma)
+        mean = tf.reduce_mean(unit, axis=(1, 2, 3), keepdims=True)
+        contrast = gen.uniform((batch, 1, 1, 1), 1.0 - aug.contrast, 1.0 + aug.contrast)
+        brightness = gen.uniform((batch, 1, 1, 1), -aug.brightness, aug.brightness)
+        unit = (unit - mean) * contrast + mean + brightness
+        return tf.clip_by_value(unit, 0.0, 1.0) * 255.0
+
+    return apply
+
+
+def _image_batches(images: np.ndarray, batch_size: int, augment=None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    ds = ds.map(lambda x: tf.cast(x, tf.float32)[..., None])
+    if augment is not None:
+        ds = ds.map(augment)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
+    """Apply ``run`` (:func:`cxr.model.inference.runner`: float32 batch -> array) over uint8 images in
+    batches, augmented first if asked, with a progress bar."""
+    from tqdm import tqdm
+
+    out = []
+    steps = (len(images) + batch_size - 1) // batch_size
+    for x in tqdm(_image_batches(images, batch_size, augment), total=steps, desc=desc, unit="batch", mininterval=5):
+        out.append(run(x.numpy()).astype(dtype))
+    return np.concatenate(out)
+
+
+@dataclass
+class BackboneCache:
+    """What the cached path computed once, for whoever needs the same images again (the
+    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
+    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
+    those activations to the embedding (the top of the trained network up to the pooling)."""
+
+    frozen: object  # float32 [B, S, S, 1] -> activations at the cut
+    pooled: object  # Keras model: activations at the cut -> embedding [B, D]
+    train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
+    val: np.ndarray
+
+    def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
+                               for i in range(0, len(acts), batch)]).astype(np.float32)
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Embeddings of new uint8 ``[N, S, S]`` images: the bottom once, then the top."""
+        return self.embed_activations(run_in_batches(self.frozen, images, batch_size, None, "backbone (new images)",
+                                                     dtype=np.float32))
+
+
+class _ViewBatches:
+    """Keras PyDataset over cached activations: one random view of each image per epoch."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class ViewBatches(keras.utils.PyDataset):
+            def __init__(self, acts, labels, weights, batch_size, seed):
+                super().__init__()
+                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
+                self.batch_size = batch_size
+                self.rng = np.random.default_rng(seed)
+                self.on_epoch_end()
+
+            def __len__(self):
+                return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+            def on_epoch_end(self):
+                n, views = self.acts.shape[:2]
+                self.order = self.rng.permutation(n)
+                self.view = self.rng.integers(0, views, size=n)
+
+            def __getitem__(self, idx):
+                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
+                x = self.acts[sel, self.view[sel]].astype(np.float32)
+                return x, self.labels[sel], self.weights[sel]
+
+        return ViewBatches(*args, **kwargs)
+
+
+def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
+    h = history.history
+    n = len(h.get("loss", []))
+    return [
+        {
+            "epoch": start_epoch + i + 1,
+            "phase": phase,
+            "loss": round(float(h["loss"][i]), 6),
+            "auc": round(float(h["auc"][i]), 6),
+            "val_loss": round(float(h["val_loss"][i]), 6),
+            "val_auc": round(float(h["val_auc"][i]), 6),
+        }
+        for i in range(n)
+    ]
+
+
+def _early_stopping(patience: int):
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True, verbose=1
+    )
+
+
+def separable(logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Every PNEUMONIA logit above every NORMAL one: the maximum-likelihood Platt slope is infinite."""
+    labels = np.asarray(labels)
+    return bool(labels.any() and (~labels.astype(bool)).any()
+                and logits[labels == 1].min() > logits[labels == 0].max())
+
+
+def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(scale, bias) with ``sigmoid(scale * logit + bias)`` calibrated on validation.
+
+    On a separable validation split the fit uses Platt's (1999) targets, (N+ + 1) / (N+ + 2)
+    and 1 / (N- + 2) instead of 1 and 0: the plain fit's slope grows without bound and every
+    probability would read 0 or 1."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = logits.reshape(-1, 1).astype(np.float64)
+    labels = np.asarray(labels).astype(int)
+    lr = LogisticRegression(C=1e4, max_iter=1000)
+    if separable(logits, labels):
+        pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
+        target = np.where(labels == 1, (pos + 1) / (pos + 2), 1 / (neg + 2))
+        # soft targets as two weighted copies of each point
+        lr.fit(np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))],
+               sample_weight=np.r_[target, 1 - target])
+    else:
+        lr.fit(x, labels)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
+          view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict, BackboneCache | None]:
+    """Train ``model`` in place. Returns (per-epoch history rows, summary facts, the backbone
+    cache of the cached path, or None from scratch).
+
+    ``view_sources`` (optional, uint8 ``[N, S, S]`` arrays) are the images the views start
+    from instead of ``train.images``: randomly re-acquired copies
+    (:func:`cxr.shift.robustness.acquisition_view`), one per view after the clean view 0, or one per
+    view with ``clean_view: false``. ``val`` is the split that early stopping and calibration
+    are measured on (with ``select_on: val+counterfactual``, validation and its counterfactual
+    copies)."""
+    import keras
+
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.inference import runner
+    from cxr.model.network import fold_calibration, logit_model, split_at
+
+    keras.utils.set_random_seed(cfg.seed)
+    weights = class_weights(train.labels)
+    sample_w = np.where(train.labels == 1, weights[1], weights[0]).astype(np.float32)
+    y_val = val.labels.astype(np.float32)
+    augment = augmenter(cfg.augment, cfg.seed)
+    facts: dict = {"class_weights": weights, "train_images": len(train), "val_images": len(val)}
+    history: list[dict] = []
+    timings: dict[str, float] = {}
+    cache = None
+
+    if cfg.weights is None:
+        t0 = time.time()
+        history += fit_from_scratch(model, train, val, cfg, augment, sample_w)
+        timings["full_fit_s"] = time.time() - t0
+        val_logits = batch_logits(logit_model(model), val.images, cfg.batch_size)
+        facts["mode"] = "from_scratch"
+    else:
+        bottom, top = split_at(model, cfg.fine_tune_from)
+        t0 = time.time()
+        frozen = runner(bottom, cfg.frozen_runtime, probe=to_model_input(train.images[:8]))
+        facts["frozen_runtime"] = cfg.frozen_runtime
+        sources = list(view_sources or [])
+        if cfg.clean_view or not sources:
+            sources.insert(0, train.images)
+        sources += [train.images] * (cfg.views - len(sources))
+        # View 0 is never augmented by the augmenter (with clean_view: the image as acquired).
+        views = [run_in_batches(frozen, sources[0], cfg.batch_size, None, "backbone view 0")]
+        for v in range(1, cfg.views):
+            views.append(run_in_batches(frozen, sources[v], cfg.batch_size, augment, f"backbone view {v} (augmented)"))
+        train_acts = np.stack(views, axis=1)  # [N, V, h, w, c]
+        val_acts = run_in_batches(frozen, val.images, cfg.batch_size, None, "backbone val")
+        timings["backbone_cache_s"] = time.time() - t0
+        facts["cached_activation_shape"] = list(train_acts.shape)
+
+        # Head phase on pooled features of the frozen network.
+        t0 = time.time()
+        cut = model.get_layer(cfg.fine_tune_from).input
+        pooled = keras.Model(cut, model.get_layer("pooled").output)
+        pool_call = lambda a: np.concatenate(  # noqa: E731
+            [np.asarray(pooled(a[i : i + 256].astype(np.float32), training=False)) for i in range(0, len(a), 256)]
+        )
+        n, v = train_acts.shape[:2]
+        train_feats = pool_call(train_acts.reshape((n * v,) + train_acts.shape[2:])).reshape(n, v, -1)
+        val_feats = pool_call(val_acts)
+        feat_in = keras.Input(train_feats.shape[-1:], name="pooled_features")
+        head = keras.Model(feat_in, model.get_layer("logit")(model.get_layer("dropout")(feat_in)), name="head")
+        for layer in model.layers:
+            layer.trainable = False
+        model.get_layer("logit").trainable = True
+        if cfg.head_epochs:
+            compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
+            h = head.fit(_ViewBatches(train_feats, train.labels, sample_w, cfg.batch_size, cfg.seed),
+                         validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
+                         callbacks=[_early_stopping(cfg.early_stopping_patience)])
+            history += _history_rows(h, "head", 0)
+        timings["head_fit_s"] = time.time() - t0
+
+        # Fine-tune phase: the top of the backbone, batch norms frozen.
+        t0 = time.time()
+        if cfg.fine_tune_epochs:
+            cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
+            for layer in model.layers[cut_index:]:
+                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            h = top.fit(_ViewBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
+                        validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
+                        verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
+            history += _history_rows(h, "fine_tune", len(history))
+        timings["fine_tune_fit_s"] = time.time() - t0
+        val_logits = np.concatenate(
+            [np.asarray(top(val_acts[i : i + 256].astype(np.float32), training=False)).reshape(-1)
+             for i in range(0, len(val_acts), 256)]
+        )
+        facts["mode"] = "cached_backbone"
+        facts["fine_tune_from"] = cfg.fine_tune_from
+        clean = cfg.clean_view or not view_sources
+        cache = BackboneCache(frozen=frozen, pooled=pooled, train_clean=train_acts[:, 0] if clean else None,
+                              val=val_acts)
+
+    for layer in model.layers:
+        layer.trainable = True
+    check_not_constant(val_logits)
+    scale, bias = platt_scaling(val_logits, val.labels)
+    if scale > 0:
+        fold_calibration(model, scale, bias)
+        facts["calibration"] = {"method": "platt", "scale": scale, "bias": bias, "fitted_on": "val",
+                                "targets": "platt-1999 (validation separable)" if separable(val_logits, val.labels)
+                                else "labels"}
+    else:
+        log.warning("Platt scaling gave a non-positive slope (%.3f): calibration skipped", scale)
+        facts["calibration"] = {"method": "none", "reason": f"non-positive slope {scale:.3f}"}
+    facts["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    return history, facts, cache
+
+
+def check_not_constant(val_logits: np.ndarray) -> None:
+    span = float(np.ptp(val_logits)) if len(val_logits) else 0.0
+    if span < CONSTANT_LOGIT_SPAN:
+        raise UserError(
+            f"train: the trained network outputs a constant (validation logits span {span:.2g} over "
+            f"{len(val_logits)} images): it learnt nothing a threshold could use. Not saved. Check the data "
+            "(labels, both classes present and distinguishable) and the schedule (train.*epochs, learning rates)"
+        )
