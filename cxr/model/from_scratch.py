@@ -27,6 +27,7 @@ class FromScratch:
     epochs: int = 30
     learning_rate: float = 0.003
     early_stopping_patience: int = 10
+    batch_norm_images: int = 0  # training images the statistics are re-estimated on each epoch (0: all)
 
     @classmethod
     def from_params(cls, cfg) -> "FromScratch":
@@ -40,7 +41,10 @@ class FromScratch:
         where = "train.from_scratch"
         out = cls(epochs=params.require(cfg, "epochs", int, where),
                   learning_rate=params.require(cfg, "learning_rate", float, where),
-                  early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where))
+                  early_stopping_patience=params.require(cfg, "early_stopping_patience", int, where),
+                  batch_norm_images=int(cfg.get("batch_norm_images", 0)))
+        if out.batch_norm_images < 0:
+            raise UserError("params.yaml: 'train.from_scratch.batch_norm_images' must be >= 0 (0: every training image)")
         if out.epochs < 1 or out.early_stopping_patience < 1:
             raise UserError("params.yaml: 'train.from_scratch.epochs' and 'early_stopping_patience' must be >= 1")
         return out
@@ -72,10 +76,15 @@ def fit_from_scratch(model, train: SplitData, val: SplitData, cfg, augment, samp
         .prefetch(tf.data.AUTOTUNE)
     )
     loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+    # A fixed, seeded sample estimates the statistics as well as every image, for less of each epoch.
+    calibration = train.images
+    if 0 < sched.batch_norm_images < len(train):
+        pick = np.random.default_rng(cfg.seed).choice(len(train), sched.batch_norm_images, replace=False)
+        calibration = train.images[np.sort(pick)]
     rows, best, best_key, stale = [], None, (-1.0, 0.0), 0
     for epoch in range(sched.epochs):
         h = full.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False)  # ds is shuffled
-        recalibrate_batch_norm(model, train.images, cfg.batch_size)
+        recalibrate_batch_norm(model, calibration, cfg.batch_size)
         val_logits = batch_logits(full, val.images, cfg.batch_size)
         val_auc = float(roc_auc_score(val.labels, val_logits)) if len(set(val.labels.tolist())) == 2 else 0.5
         val_loss = float(loss_fn(val.labels.astype(np.float32), val_logits))
