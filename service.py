@@ -41,6 +41,10 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 # README, "Performance"): 2 worker processes, 4 API threads and 1 TFLite thread each; 3 workers,
 # more or fewer API threads and adaptive batching were no better.
 TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "1"))
+# numpy's BLAS (the not-a-chest-X-ray detector's one matrix-vector product per image) on one
+# thread: its default pool of one thread per core, in each worker and API thread, spun against
+# LiteRT and each other under load (bench/serving.py, docs/performance.md).
+BLAS_THREADS = int(os.environ.get("CXR_BLAS_THREADS", "1"))
 API_THREADS = int(os.environ.get("CXR_API_THREADS", "4"))
 WORKERS = int(os.environ.get("CXR_WORKERS", "2"))
 
@@ -99,6 +103,10 @@ class CXRScreening:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        if BLAS_THREADS > 0:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=BLAS_THREADS, user_api="blas")
         stored = bentoml.models.get(MODEL_TAG)
         self.model = serving.ServedModel.load(stored.path, tag=str(stored.tag), tflite_threads=TFLITE_THREADS)
         self.url_policy = decoding.UrlPolicy.from_env()

@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "service-tflite2": ("bentoml", {"CXR_TFLITE_THREADS": "2"}),
     "service-api2": ("bentoml", {"CXR_API_THREADS": "2"}),
     "service-api8": ("bentoml", {"CXR_API_THREADS": "8"}),
+    "service-blas-default": ("bentoml", {"CXR_BLAS_THREADS": "0"}),  # numpy's BLAS pool as it comes
     # BentoML adaptive batching (bench/batched_service.py; it has /predict only)
     "service-batched": ("bentoml", {"CXR_SERVICE_TARGET": "bench.batched_service:Front"}),
     "baseline": ("seed", {}),
