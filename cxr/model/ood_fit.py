@@ -18,11 +18,13 @@ def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
     from PIL import Image
 
     from cxr.imaging.preprocess import preprocess_bytes
-    from cxr.shift.robustness import random_acquisition
+    from cxr.shift.robustness import map_images, random_acquisition
 
-    rng = np.random.default_rng(seed)
-    out = [preprocess_bytes(random_acquisition(Image.fromarray(im), rng), imaging) for im in images]
-    return np.stack(out) if out else np.zeros((0, imaging.image_size, imaging.image_size), np.uint8)
+    def one(i: int) -> np.ndarray:  # seeded per image: the same copies in any order, on any thread
+        return preprocess_bytes(random_acquisition(Image.fromarray(images[i]), np.random.default_rng([seed, i])),
+                                imaging)
+
+    return map_images(one, list(range(len(images))), imaging.image_size)
 
 
 def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,

@@ -167,7 +167,8 @@ def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition,
     return preprocess_image(img, imaging)
 
 
-def _map_images(fn, items: list, size: int, workers: int) -> np.ndarray:
+def map_images(fn, items: list, size: int, workers: int = 4) -> np.ndarray:
+    """uint8 ``[N, size, size]``: ``fn`` over ``items`` in threads (PIL and numpy release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     out = np.zeros((len(items), size, size), np.uint8)
@@ -184,7 +185,7 @@ def acquisition_view(raw_dir, rel_paths, labels, how: Reacquire, facts: ClassAcq
         data = (Path(raw_dir) / str(rel_paths[i])).read_bytes()
         return reacquired(data, int(labels[i]), how, facts, imaging, np.random.default_rng([seed, i]))
 
-    return _map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
+    return map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
 
 
 def counterfactual_view(raw_dir, rel_paths, labels, facts: ClassAcquisition, imaging: ImagingConfig,
@@ -194,7 +195,7 @@ def counterfactual_view(raw_dir, rel_paths, labels, facts: ClassAcquisition, ima
         data = (Path(raw_dir) / str(rel_paths[i])).read_bytes()
         return preprocess_image(counterfactual(data, int(labels[i]), facts, cues, held_out), imaging)
 
-    return _map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
+    return map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
 
 
 def perturb_bytes(data: bytes, name: str) -> bytes:

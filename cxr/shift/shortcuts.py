@@ -24,29 +24,38 @@ FEATURES = (
 )
 
 
-def features(images: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """float32 ``[N, len(FEATURES)]`` for uint8 ``[N, S, S]`` images."""
-    out = []
-    for start in range(0, len(images), chunk):
-        a = images[start : start + chunk].astype(np.float32)
-        n, s = a.shape[0], a.shape[1]
-        band = max(2, round(0.04 * s))
-        gx = np.abs(np.diff(a, axis=2)).mean(axis=(1, 2))
-        gy = np.abs(np.diff(a, axis=1)).mean(axis=(1, 2))
-        lap = np.abs(4 * a[:, 1:-1, 1:-1] - a[:, :-2, 1:-1] - a[:, 2:, 1:-1] - a[:, 1:-1, :-2] - a[:, 1:-1, 2:])
-        box = sum(a[:, 1 + dy : s - 1 + dy, 1 + dx : s - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
-        noise = np.median(np.abs(a[:, 1:-1, 1:-1] - box).reshape(n, -1), axis=1)
-        flat = a.reshape(n, -1)
-        edge = np.concatenate([a[:, :band].reshape(n, -1), a[:, -band:].reshape(n, -1),
-                               a[:, :, :band].reshape(n, -1), a[:, :, -band:].reshape(n, -1)], axis=1)
-        q = s // 4
-        centre = a[:, q:-q, q:-q].mean(axis=(1, 2))
-        p05, p95 = np.percentile(flat, [5, 95], axis=1)
-        out.append(np.stack([
-            np.log((gx + 1e-3) / (gy + 1e-3)), lap.mean(axis=(1, 2)), noise, flat.mean(axis=1), flat.std(axis=1),
-            p05, p95, (edge < 20).mean(axis=1), (edge > 235).mean(axis=1), centre - edge.mean(axis=1),
-        ], axis=1))
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(FEATURES)), np.float32)
+def features(images: np.ndarray, chunk: int = 256, workers: int = 2) -> np.ndarray:
+    """float32 ``[N, len(FEATURES)]`` for uint8 ``[N, S, S]`` images (chunks in threads: numpy
+    releases the GIL in every step)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not len(images):
+        return np.zeros((0, len(FEATURES)), np.float32)
+    starts = range(0, len(images), chunk)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        out = list(pool.map(lambda start: _chunk_features(images[start : start + chunk]), starts))
+    return np.concatenate(out).astype(np.float32)
+
+
+def _chunk_features(images: np.ndarray) -> np.ndarray:
+    a = images.astype(np.float32)
+    n, s = a.shape[0], a.shape[1]
+    band = max(2, round(0.04 * s))
+    gx = np.abs(np.diff(a, axis=2)).mean(axis=(1, 2))
+    gy = np.abs(np.diff(a, axis=1)).mean(axis=(1, 2))
+    lap = np.abs(4 * a[:, 1:-1, 1:-1] - a[:, :-2, 1:-1] - a[:, 2:, 1:-1] - a[:, 1:-1, :-2] - a[:, 1:-1, 2:])
+    box = sum(a[:, 1 + dy : s - 1 + dy, 1 + dx : s - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
+    noise = np.median(np.abs(a[:, 1:-1, 1:-1] - box).reshape(n, -1), axis=1)
+    flat = a.reshape(n, -1)
+    edge = np.concatenate([a[:, :band].reshape(n, -1), a[:, -band:].reshape(n, -1),
+                           a[:, :, :band].reshape(n, -1), a[:, :, -band:].reshape(n, -1)], axis=1)
+    q = s // 4
+    centre = a[:, q:-q, q:-q].mean(axis=(1, 2))
+    p05, p95 = np.percentile(flat, [5, 95], axis=1)
+    return np.stack([
+        np.log((gx + 1e-3) / (gy + 1e-3)), lap.mean(axis=(1, 2)), noise, flat.mean(axis=1), flat.std(axis=1),
+        p05, p95, (edge < 20).mean(axis=1), (edge > 235).mean(axis=1), centre - edge.mean(axis=1),
+    ], axis=1)
 
 
 def _classifier(seed: int):
