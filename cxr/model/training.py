@@ -32,6 +32,7 @@ import numpy as np
 
 from cxr import UserError, params
 from cxr.data.dataset import SplitData
+from cxr.model.cache import BackboneCache, PairBatches, ViewBatches, paired_top, run_in_batches
 from cxr.model.fitting import batch_logits, compile_binary
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
 from cxr.model.inference import RUNTIMES
@@ -73,6 +74,7 @@ class TrainConfig:
     reacquire: Reacquire = field(default_factory=Reacquire)
     from_scratch: FromScratch = field(default_factory=FromScratch)
     frozen_runtime: str = "litert"
+    consistency: float = 0.0  # weight of (logit(view 0) - logit(another view))^2 in fine-tuning; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -109,6 +111,7 @@ class TrainConfig:
             reacquire=Reacquire.from_params(cfg.get("reacquire")),
             from_scratch=FromScratch.from_params(cfg.get("from_scratch")),
             frozen_runtime=str(cfg.get("frozen_runtime", "litert")),
+            consistency=float(cfg.get("consistency", 0.0)),
         )
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
@@ -164,82 +167,8 @@ def augmenter(aug: Augment, seed: int):
     return apply
 
 
-def _image_batches(images: np.ndarray, batch_size: int, augment=None):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    ds = ds.map(lambda x: tf.cast(x, tf.float32)[..., None])
-    if augment is not None:
-        ds = ds.map(augment)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
-    """Apply ``run`` (:func:`cxr.model.inference.runner`: float32 batch -> array) over uint8 images in
-    batches, augmented first if asked, with a progress bar."""
-    from tqdm import tqdm
-
-    out = []
-    steps = (len(images) + batch_size - 1) // batch_size
-    for x in tqdm(_image_batches(images, batch_size, augment), total=steps, desc=desc, unit="batch", mininterval=5):
-        out.append(run(x.numpy()).astype(dtype))
-    return np.concatenate(out)
-
-
-@dataclass
-class BackboneCache:
-    """What the cached path computed once, for whoever needs the same images again (the
-    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
-    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
-    those activations to the embedding (the top of the trained network up to the pooling)."""
-
-    frozen: object  # float32 [B, S, S, 1] -> activations at the cut
-    pooled: object  # Keras model: activations at the cut -> embedding [B, D]
-    train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
-    val: np.ndarray
-
-    def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
-        return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
-                               for i in range(0, len(acts), batch)]).astype(np.float32)
-
-    def embed_images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Embeddings of new uint8 ``[N, S, S]`` images: the bottom once, then the top."""
-        return self.embed_activations(run_in_batches(self.frozen, images, batch_size, None, "backbone (new images)",
-                                                     dtype=np.float32))
-
-
-class _ViewBatches:
-    """Keras PyDataset over cached activations: one random view of each image per epoch."""
-
-    def __new__(cls, *args, **kwargs):
-        import keras
-
-        class ViewBatches(keras.utils.PyDataset):
-            def __init__(self, acts, labels, weights, batch_size, seed):
-                super().__init__()
-                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
-                self.batch_size = batch_size
-                self.rng = np.random.default_rng(seed)
-                self.on_epoch_end()
-
-            def __len__(self):
-                return (len(self.labels) + self.batch_size - 1) // self.batch_size
-
-            def on_epoch_end(self):
-                n, views = self.acts.shape[:2]
-                self.order = self.rng.permutation(n)
-                self.view = self.rng.integers(0, views, size=n)
-
-            def __getitem__(self, idx):
-                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
-                x = self.acts[sel, self.view[sel]].astype(np.float32)
-                return x, self.labels[sel], self.weights[sel]
-
-        return ViewBatches(*args, **kwargs)
-
-
 def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
-    h = history.history
+    h = {k.replace("clean_", ""): v for k, v in history.history.items()}  # the paired model's clean output
     n = len(h.get("loss", []))
     return [
         {
@@ -254,11 +183,11 @@ def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     ]
 
 
-def _early_stopping(patience: int):
+def _early_stopping(patience: int, monitor: str = "val_auc"):
     import keras
 
     return keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True, verbose=1
+        monitor=monitor, mode="max", patience=patience, restore_best_weights=True, verbose=1
     )
 
 
@@ -359,7 +288,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         model.get_layer("logit").trainable = True
         if cfg.head_epochs:
             compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
-            h = head.fit(_ViewBatches(train_feats, train.labels, sample_w, cfg.batch_size, cfg.seed),
+            h = head.fit(ViewBatches(train_feats, train.labels, sample_w, cfg.batch_size, cfg.seed),
                          validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
                          callbacks=[_early_stopping(cfg.early_stopping_patience)])
             history += _history_rows(h, "head", 0)
@@ -371,10 +300,19 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
             cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
             for layer in model.layers[cut_index:]:
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
-            h = top.fit(_ViewBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
-                        validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
-                        verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
+            if cfg.consistency > 0 and train_acts.shape[1] > 1:
+                paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+                v32 = val_acts.astype(np.float32)
+                h = paired.fit(PairBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
+                               validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
+                               epochs=cfg.fine_tune_epochs, verbose=2,
+                               callbacks=[_early_stopping(cfg.early_stopping_patience, "val_clean_auc")])
+                facts["consistency"] = cfg.consistency
+            else:
+                compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+                h = top.fit(ViewBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
+                            validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
+                            verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
             history += _history_rows(h, "fine_tune", len(history))
         timings["fine_tune_fit_s"] = time.time() - t0
         val_logits = np.concatenate(

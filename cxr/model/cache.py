@@ -1,0 +1,137 @@
+"""The backbone cache of the cached training path (:func:`cxr.model.training.train`) and the
+batches fine-tuning draws from it.
+
+The frozen bottom runs once per view over every training image (on :mod:`cxr.model.inference`'s
+runtime) and its activations are kept in float16; fine-tuning then draws one random view of each
+image per epoch, or, with a consistency weight, the image as acquired beside another view of it.
+The cache is handed on (:class:`BackboneCache`) to whoever needs the same images again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _image_batches(images: np.ndarray, batch_size: int, augment=None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    ds = ds.map(lambda x: tf.cast(x, tf.float32)[..., None])
+    if augment is not None:
+        ds = ds.map(augment)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc: str = "", dtype=np.float16):
+    """Apply ``run`` (:func:`cxr.model.inference.runner`: float32 batch -> array) over uint8 images in
+    batches, augmented first if asked, with a progress bar."""
+    from tqdm import tqdm
+
+    out = []
+    steps = (len(images) + batch_size - 1) // batch_size
+    for x in tqdm(_image_batches(images, batch_size, augment), total=steps, desc=desc, unit="batch", mininterval=5):
+        out.append(run(x.numpy()).astype(dtype))
+    return np.concatenate(out)
+
+
+@dataclass
+class BackboneCache:
+    """What the cached path computed once, for whoever needs the same images again (the
+    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
+    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
+    those activations to the embedding (the top of the trained network up to the pooling)."""
+
+    frozen: object  # float32 [B, S, S, 1] -> activations at the cut
+    pooled: object  # Keras model: activations at the cut -> embedding [B, D]
+    train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
+    val: np.ndarray
+
+    def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
+                               for i in range(0, len(acts), batch)]).astype(np.float32)
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Embeddings of new uint8 ``[N, S, S]`` images: the bottom once, then the top."""
+        return self.embed_activations(run_in_batches(self.frozen, images, batch_size, None, "backbone (new images)",
+                                                     dtype=np.float32))
+
+
+class ViewBatches:
+    """Keras PyDataset over cached activations: one random view of each image per epoch."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Batches(keras.utils.PyDataset):
+            def __init__(self, acts, labels, weights, batch_size, seed):
+                super().__init__()
+                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
+                self.batch_size = batch_size
+                self.rng = np.random.default_rng(seed)
+                self.on_epoch_end()
+
+            def __len__(self):
+                return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+            def on_epoch_end(self):
+                n, views = self.acts.shape[:2]
+                self.order = self.rng.permutation(n)
+                self.view = self.rng.integers(0, views, size=n)
+
+            def __getitem__(self, idx):
+                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
+                x = self.acts[sel, self.view[sel]].astype(np.float32)
+                return x, self.labels[sel], self.weights[sel]
+
+        return Batches(*args, **kwargs)
+
+
+class PairBatches:
+    """Keras PyDataset over cached activations for the consistency loss: each image as acquired
+    (view 0) beside one random other view of it; targets (label, label, 0 gap)."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Pairs(keras.utils.PyDataset):
+            def __init__(self, acts, labels, weights, batch_size, seed):
+                super().__init__()
+                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
+                self.batch_size = batch_size
+                self.rng = np.random.default_rng(seed)
+                self.on_epoch_end()
+
+            def __len__(self):
+                return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+            def on_epoch_end(self):
+                n, views = self.acts.shape[:2]
+                self.order = self.rng.permutation(n)
+                self.view = self.rng.integers(1, views, size=n)
+
+            def __getitem__(self, idx):
+                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
+                a = self.acts[sel, 0].astype(np.float32)
+                b = self.acts[sel, self.view[sel]].astype(np.float32)
+                y, w = self.labels[sel], self.weights[sel]
+                return (a, b), (y, y, np.zeros_like(y)), (w, w, w)
+
+        return Pairs(*args, **kwargs)
+
+
+def paired_top(top, weight: float, learning_rate: float, label_smoothing: float):
+    """``top`` applied to two views of the same images: both classified, and the gap between
+    their logits penalised (invariance to what differs between the views: the acquisition)."""
+    import keras
+
+    shape = top.input.shape[1:]
+    a, b = keras.Input(shape, name="view_0"), keras.Input(shape, name="view_k")
+    la, lb = top(a), top(b)
+    model = keras.Model([a, b], [keras.layers.Identity(name="clean")(la), keras.layers.Identity(name="shifted")(lb),
+                                 keras.layers.Subtract(name="gap")([la, lb])], name="paired_top")
+    bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, bce, "mse"],
+                  loss_weights=[0.5, 0.5, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], [], []])
+    return model
