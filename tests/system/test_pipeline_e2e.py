@@ -43,10 +43,12 @@ TINY = {
     "train.from_scratch.epochs": "3",
     "export.parity_images": "16",
 }
-# The default's promise (issue 13): ROC AUC on the synthetic test split, and the share of a
-# correctly flagged PNEUMONIA image's heatmap that falls inside the drawn lesion.
+# The default's promise (issue 13): ROC AUC on the synthetic test split, and where a correctly
+# flagged PNEUMONIA image's activation map points: its hottest cell on the drawn lesion, and
+# its mass inside the lesion a multiple of the lesion's share of the image.
 DEFAULT_MIN_TEST_AUC = 0.95
-MIN_HEATMAP_IN_LESION = 0.4
+MIN_HOTTEST_CELL_ON_LESION = 0.8
+MIN_LESION_ENRICHMENT = 1.5
 
 
 def run(cmd, cwd, **kw):
@@ -168,7 +170,10 @@ def test_full_repro_then_noop_then_one_param(project):
 
 def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
     """The served explanation (the exported TFLite file's activation map) of each correctly
-    flagged synthetic PNEUMONIA test image, against the lesion the generator drew there."""
+    flagged synthetic PNEUMONIA test image, against the lesion the generator drew there, judged
+    at the map's own grid (the lesion as the share of each cell it covers): the hottest cell
+    touches the lesion, and the map's mass inside it is well above the lesion's share of the
+    image. A pixel-level share would mostly measure the bilinear upsampling of a coarse map."""
     from PIL import Image
 
     from cxr import params
@@ -181,20 +186,26 @@ def test_default_heatmaps_fall_inside_the_drawn_lesions(project):
     imaging, threshold = card.imaging, card.decision_threshold
     model = TFLiteModel(project / "models/export/model.tflite")
     masks = lesions(params.section("download", project / "params.yaml")["synthetic"])
-    inside, lesion_area = [], []
+    inside, lesion_area, pointed = [], [], []
     for name, mask in masks.items():
         image = preprocess_bytes((project / "data/raw/images/test/PNEUMONIA" / name).read_bytes(), imaging)
-        heat, probability = model.explain(image)
+        outputs = model.run(image[None])
+        probability = float(next(o for o in outputs if o.shape == (1, 1))[0, 0])
         if probability < threshold:
             continue
-        mask = np.asarray(Image.fromarray(mask).resize(heat.shape[::-1], Image.Resampling.NEAREST))
-        inside.append(float((heat * mask).sum() / heat.sum()))
-        lesion_area.append(float(mask.mean()))
-    share, area = float(np.mean(inside)), float(np.mean(lesion_area))
-    print(f"heatmap mass inside the drawn lesion: mean {share:.3f} over {len(inside)} of {len(masks)} "
-          f"PNEUMONIA test images flagged (the lesions cover {area:.3f} of an image)")
+        grid = np.maximum(next(o for o in outputs if o.ndim == 4)[0, ..., 0], 0)
+        cover = np.asarray(Image.fromarray((mask > 0).astype(np.float32)).resize(grid.shape[::-1],
+                                                                                 Image.Resampling.BOX))
+        inside.append(float((grid * cover).sum() / grid.sum()))
+        lesion_area.append(float(cover.mean()))
+        pointed.append(bool(cover.flat[np.argmax(grid)] > 0))
+    share, area, hit = float(np.mean(inside)), float(np.mean(lesion_area)), float(np.mean(pointed))
+    print(f"activation map ({grid.shape[0]}x{grid.shape[1]}) over {len(inside)} of {len(masks)} PNEUMONIA test "
+          f"images flagged: hottest cell on the lesion {hit:.3f}, mass inside {share:.3f} "
+          f"(the lesions cover {area:.3f} of an image)")
     assert len(inside) >= 0.8 * len(masks)
-    assert share >= MIN_HEATMAP_IN_LESION and share > 2 * area
+    assert hit >= MIN_HOTTEST_CELL_ON_LESION
+    assert share >= MIN_LESION_ENRICHMENT * area
 
 
 def test_the_served_default_says_it_is_synthetic(project, bentoml_home):

@@ -152,18 +152,31 @@ def test_predict_batch_limits(service):
 
 
 def test_explain_returns_heatmap_png_and_the_same_prediction(service, promoted_model):
-    data = png_bytes(xray(5))
-    resp = post_file(service, "explain", data)
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert_prediction(body, promoted_model)
-    png = base64.b64decode(body["heatmap_png_base64"])
-    img = Image.open(io.BytesIO(png))
-    assert img.format == "PNG" and img.mode == "RGB" and img.size == (promoted_model["image_size"],) * 2
-    rgb = np.asarray(img).astype(int)
-    assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 30, "no colour heatmap blended over the gray image"
-    assert body["probability"] == pytest.approx(post_file(service, "predict", data).json()["probability"], abs=1e-6)
-    assert body["heatmap"]["method"].startswith("Grad-CAM") and body["heatmap"]["layer"] == "out_relu"
+    """A heatmap with mass is blended in colour over the gray image; an empty one (no region
+    pushed the score up) leaves the image gray. Both kinds occur among these few films."""
+    seen = set()
+    for seed in range(12):
+        data = png_bytes(xray(seed))
+        resp = post_file(service, "explain", data)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert_prediction(body, promoted_model)
+        png = base64.b64decode(body["heatmap_png_base64"])
+        img = Image.open(io.BytesIO(png))
+        assert img.format == "PNG" and img.mode == "RGB" and img.size == (promoted_model["image_size"],) * 2
+        rgb = np.asarray(img).astype(int)
+        colour = np.abs(rgb[..., 0] - rgb[..., 2]).max()
+        if body["heatmap"]["empty"]:
+            assert colour <= 2, "an empty heatmap was drawn in colour"
+        else:
+            assert colour > 30, "no colour heatmap blended over the gray image"
+        assert body["probability"] == pytest.approx(post_file(service, "predict", data).json()["probability"],
+                                                    abs=1e-6)
+        assert body["heatmap"]["method"].startswith("Grad-CAM") and body["heatmap"]["layer"] == "out_relu"
+        seen.add(body["heatmap"]["empty"])
+        if seen == {True, False}:
+            break
+    assert False in seen, "no film among 12 got a heatmap with mass"
 
 
 def test_no_worker_loads_tensorflow(service):
