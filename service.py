@@ -37,8 +37,8 @@ from cxr.serve.openapi import OpenAPIContract
 
 log = logging.getLogger("cxr.service")
 UI_DIR = Path(__file__).resolve().parent / "ui"
-# Chosen by bench/serving.py on 2 cores at concurrency 32 with original-size JPEGs (figures in the
-# README, "Performance"): 2 worker processes, 4 API threads and 1 TFLite thread each; 3 workers,
+# Chosen by bench/serving.py on 2 cores at concurrency 32 with original-size JPEGs (figures in
+# docs/performance.md): 2 worker processes, 4 API threads and 1 TFLite thread each; 3 workers,
 # more or fewer API threads and adaptive batching were no better.
 TFLITE_THREADS = int(os.environ.get("CXR_TFLITE_THREADS", "1"))
 # numpy's BLAS (the not-a-chest-X-ray detector's one matrix-vector product per image) on one
@@ -195,7 +195,7 @@ async def predict_raw(request):
     """``POST /predict_raw``: the image file itself is the body; the same answer as ``/predict``.
 
     Skips BentoML's multipart parsing, temporary file and schema validation, which cost about
-    a third of a request's CPU outside the model (README "Performance"). The body is capped by
+    a third of a request's CPU outside the model (docs/performance.md). The body is capped by
     BodyLimit like every other; the format is sniffed from the bytes, never taken from the
     client's Content-Type."""
     import anyio

@@ -1,2 +1,2 @@
 """Benchmarks (scripts, not tests): serving, pipeline and export speed, each against a baseline
-measured in the same run and reported as a ratio. See the README, section Performance."""
+measured in the same run and reported as a ratio. See docs/performance.md."""

@@ -3,7 +3,8 @@
 Every stage runs *through DVC* (``dvc repro <stage>``), so DVC's cache decides what
 reruns and the flow never re-implements a stage. Results are published as artifacts with
 stable keys (the UI keeps their history across runs): validation summary, metrics table,
-confusion matrix, plot files, the gate verdict, the promotion.
+confusion matrix, plot files, pictures (ROC and PR curves, confusion matrix, Grad-CAM overlays
+from the exported model: :mod:`pipelines.pictures`), the gate verdict, the promotion.
 
 The gate (:mod:`cxr.ops.gate`) compares the challenger with the promoted champion. Both are
 scored again on the current test split from the raw image bytes, through the exported
@@ -40,7 +41,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
 from cxr import layout  # noqa: E402
-from pipelines import reports  # noqa: E402
+from pipelines import pictures, reports  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -127,6 +128,16 @@ def publish_metrics(project: str):
     return metrics
 
 
+@task(name="publish-pictures", cache_policy=NO_CACHE)
+def publish_pictures(project: str) -> int:
+    """The curves, the confusion matrix and Grad-CAM overlays of the exported model, as PNGs in one
+    markdown artifact; returns its size in bytes."""
+    markdown = pictures.project_pictures(project)
+    create_markdown_artifact(key=pictures.KEY, markdown=markdown,
+                             description="ROC and PR curves, confusion matrix, Grad-CAM overlays (model.tflite)")
+    return len(markdown.encode())
+
+
 @task(name="score-candidate", cache_policy=NO_CACHE)
 def score_candidate(name: str, model_dir: str, project: str) -> dict:
     """Test metrics of one exported model, from raw bytes through its TFLite file."""
@@ -185,6 +196,9 @@ def pipeline(project: str = ".", promote_model: bool = True):
         if stage == "validate":
             publish_validation(project)
     metrics = publish_metrics(project)
+    pictured = publish_pictures(project, return_state=True)
+    if not pictured.is_completed():  # pictures are for people: a drawing failure must not decide the gate
+        logger.warning("no %s artifact: %s", pictures.KEY, pictured.message)
     create_table_artifact(key="cxr-stage-timings", table=timings, description="dvc repro per stage (ran or cached)")
 
     champion_tag = registry.promoted_tag()

@@ -145,7 +145,7 @@ def test_s3_remote_round_trip_of_pinned_data_and_pipeline_outputs(tmp_path, s3_s
     sh(repo, DVC, "repro", "download")
     pinned, raw = files(repo / "data" / "pinned"), files(repo / "data" / "raw")
 
-    # As the README sets a team remote up: the bucket URL, then the endpoint of the S3-compatible server.
+    # As docs/pipeline.md sets a team remote up: the bucket URL, then the endpoint of the S3-compatible server.
     sh(repo, DVC, "remote", "add", "-d", "team", "s3://cxr-dvc/store")
     sh(repo, DVC, "remote", "modify", "team", "endpointurl", s3_server)
     pushed = sh(repo, DVC, "push")

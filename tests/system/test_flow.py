@@ -1,7 +1,8 @@
 """The Prefect flow against a real Prefect server on 127.0.0.1, on a tiny synthetic set.
 
 Three runs in one copy of the repo, each read back through the Prefect client API:
-1. floors at 0: every stage runs through DVC, the gate passes, the model is promoted;
+1. floors at 0: every stage runs through DVC, the gate passes, the model is promoted, and the
+   pictures artifact embeds the curves, the confusion matrix and Grad-CAM overlays as PNGs;
 2. on a local Dask cluster (prefect-dask): DVC skips every stage, champion and challenger
    are scored in parallel on the same test split, the no-regression rule applies, promoted;
 3. ``gate.on_synthetic: refuse``: the gate fails, the flow run ends Failed with the
@@ -12,6 +13,8 @@ Three runs in one copy of the repo, each read back through the Prefect client AP
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -19,7 +22,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from pipelines.pictures import MAX_BYTES
+from tests.code.test_pictures import EMBEDDED
 from tests.system.prefect_server import flow_runs, prefect_api  # noqa: F401 - the server fixture
 from tests.system.test_pipeline_e2e import TINY, copy_repo
 
@@ -69,9 +75,15 @@ def test_flow_runs_gates_promotes_and_is_visible_on_the_server(project, prefect_
     assert all(state == "COMPLETED" for state in tasks.values()), tasks
     assert any(n.startswith("gate") for n in tasks) and any(n.startswith("promote") for n in tasks)
     artifacts = runs[0]["artifacts"]
-    for key in ("cxr-validation", "cxr-metrics", "cxr-confusion-matrix", "cxr-plots", "cxr-stage-timings",
-                "cxr-gate-verdict", "cxr-promotion"):
+    for key in ("cxr-validation", "cxr-metrics", "cxr-confusion-matrix", "cxr-plots", "cxr-pictures",
+                "cxr-stage-timings", "cxr-gate-verdict", "cxr-promotion"):
         assert key in artifacts, (key, sorted(artifacts))
+    # The pictures: curves, confusion matrix and Grad-CAM overlays of the exported model, PNGs that decode.
+    shown = EMBEDDED.findall(artifacts["cxr-pictures"].data)
+    assert [name for name, _ in shown[:3]] == ["ROC", "precision-recall", "confusion matrix"], shown[:3]
+    assert len(shown) >= 5 and len(artifacts["cxr-pictures"].data.encode()) <= MAX_BYTES
+    for _, b64 in shown:
+        Image.open(io.BytesIO(base64.b64decode(b64))).load()
     metrics = json.loads((project / "metrics.json").read_text())
     table = json.loads(artifacts["cxr-metrics"].data)
     roc = next(r for r in table if r["metric"] == "roc_auc")
