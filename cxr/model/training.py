@@ -189,14 +189,16 @@ def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc:
 @dataclass
 class BackboneCache:
     """What the cached path computed once, for whoever needs the same images again (the
-    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
-    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
-    those activations to the embedding (the top of the trained network up to the pooling)."""
+    not-a-chest-X-ray detector, the subtype head): the frozen bottom's runner, its activations of
+    the training images as acquired (view 0 with ``clean_view``), of every cached view, and of the
+    selection split, and the map from those activations to the embedding (the top of the trained
+    network up to the pooling)."""
 
     frozen: object  # float32 [B, S, S, 1] -> activations at the cut
     pooled: object  # Keras model: activations at the cut -> embedding [B, D]
     train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
     val: np.ndarray
+    train_views: np.ndarray | None = None  # [N, V, h, w, c] float16: every view training saw
 
     def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
         return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
@@ -385,7 +387,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         facts["fine_tune_from"] = cfg.fine_tune_from
         clean = cfg.clean_view or not view_sources
         cache = BackboneCache(frozen=frozen, pooled=pooled, train_clean=train_acts[:, 0] if clean else None,
-                              val=val_acts)
+                              val=val_acts, train_views=train_acts)
 
     for layer in model.layers:
         layer.trainable = True
