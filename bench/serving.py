@@ -4,6 +4,7 @@
     .venv/bin/python bench/serving.py --quick               # fewer requests (about 3 min)
     .venv/bin/python bench/serving.py --variants service,service-1worker --rounds 3
     .venv/bin/python bench/serving.py --url http://127.0.0.1:3000 --server-pid 1234   # a running service
+    .venv/bin/python bench/serving.py --quick --also-tags cxr-pneumonia:old --rounds 2   # two models, one run
 
 Drives each server in turn (one at a time, on 127.0.0.1, once its process tree is idle) with
 the same original-size JPEGs (``../shared/data/originals``, or generated ~1.5k px ones when
@@ -19,7 +20,9 @@ Baseline (``bench/seed_server.py``): one stdlib HTTP handler that fully decodes 
 and calls Keras ``model.predict`` on one image per request -- the seed's way -- on the same
 model's ``model.keras``.
 
-Variants of the service are environment settings, not code changes (see VARIANTS).
+Variants of the service are environment settings, not code changes (see VARIANTS); ``--also-tags``
+adds the shipped service serving other stored models (``service@TAG``), interleaved in the same run:
+e.g. an export from before the subtype head against one with it.
 """
 
 from __future__ import annotations
@@ -267,6 +270,8 @@ def main() -> int:
     ap.add_argument("--steady-seconds", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every server this many times, interleaved; the tables show the medians")
+    ap.add_argument("--also-tags", default="",
+                    help="comma-separated tags of other stored models, each served as the shipped service too")
     ap.add_argument("--quick", action="store_true", help="160/64 requests per level, 15 s steady")
     ap.add_argument("--max-load", type=float, default=0.0,
                     help="wait (up to 10 min) for the 1-min load average to fall below this first (0: don't)")
@@ -300,6 +305,13 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}; every server on 127.0.0.1, one at a time, measured once it is idle; "
           f"client: one asyncio process (aiohttp, bodies built up front)")
 
+    models = {name: (tag, model_path) for name in variants}
+    for other in (t.strip() for t in a.also_tags.split(",") if t.strip()):
+        name = f"service@{other}"
+        VARIANTS[name] = VARIANTS["service"]
+        models[name] = find_model(home, other)
+        variants.insert(0, name)
+        print(f"also: {name} ({describe_model(models[name][1])})")
     order = [v for v in variants if v != "baseline"] + ["baseline"]
     rounds: dict[str, list[dict]] = {}
     for round_no in range(a.rounds):
@@ -314,7 +326,8 @@ def main() -> int:
                     cpu = (lambda: tree_cpu_seconds(a.server_pid) if a.server_pid else None)
                     started, settled = None, 0.0
                 else:
-                    server = Server(name, kind, env, model_path, tag, home, a.log_dir)
+                    server = Server(name.replace(":", "_"), kind, env, models[name][1], models[name][0], home,
+                                    a.log_dir)
                     started = server.wait_ready()
                     settled = wait_idle(server.proc.pid)  # background warm-up (Grad-CAM model) done
                     url, rss, cpu = server.url, server.rss, server.cpu

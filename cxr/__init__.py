@@ -18,6 +18,14 @@ SCREENING_NOTICE = (
     "Screening aid only, not a diagnosis: every result must be reviewed by a "
     "qualified clinician."
 )
+# The second question of the data set: among PNEUMONIA films, bacterial or viral. The subtype head
+# gives P(bacterial | pneumonia); "positive" in its figures is bacterial (as Kermany et al. report it).
+SUBTYPES = ("bacterial", "viral")
+SUBTYPE_POSITIVE = "bacterial"
+SUBTYPE_NOTICE = (
+    "The subtype (bacterial or viral) is a screening aid too, not a diagnosis: it is given only with a "
+    "PNEUMONIA answer, and it does not replace clinical and laboratory assessment."
+)
 HOW_TO_SERVE_REAL = (
     "To screen chest X-rays, train on real ones and serve that model: make real (or make run "
     "SOURCE=<data> WEIGHTS=<ImageNet .h5>; see the README), then make serve."

@@ -216,3 +216,53 @@ def test_split_hash(dataset_hash: str | None, paths) -> str:
     for path in sorted(str(p) for p in paths):
         digest.update(f"{path}\n".encode())
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the subtype: bacterial or viral
+
+SUBTYPE_THRESHOLD_RULES = ("youden", "half")
+
+
+def subtype_threshold(labels: np.ndarray, scores: np.ndarray, rule: str = "youden") -> dict:
+    """The subtype head's threshold on P(bacterial), from validation PNEUMONIA films with a known
+    subtype (``labels`` 1 bacterial, 0 viral). Neither kind is the one a screen must not miss, so
+    the rule weighs them alike:
+
+    - ``youden``: the threshold maximising Youden's J = sensitivity + specificity - 1 (the
+      balanced accuracy) on validation, in the middle of the gap between the two validation
+      scores it separates (ties: the one nearest 0.5);
+    - ``half``: 0.5 on the calibrated probability (right for the validation mix of subtypes,
+      which favours the commoner one)."""
+    if rule not in SUBTYPE_THRESHOLD_RULES:
+        raise UserError(f"params.yaml: 'subtype.threshold_rule' must be one of {SUBTYPE_THRESHOLD_RULES}, "
+                        f"got {rule!r}")
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, np.float64)
+    n1, n0 = int(labels.sum()), int(len(labels) - labels.sum())
+    if rule == "half" or not n1 or not n0:
+        value, j = 0.5, None
+        how = "0.5 on the calibrated P(bacterial)" + ("" if rule == "half" else
+                                                      " (validation lacks one subtype: no Youden threshold)")
+    else:
+        levels = np.unique(scores)
+        cuts = np.concatenate([[levels[0] / 2], (levels[:-1] + levels[1:]) / 2, [(levels[-1] + 1) / 2]])
+        pred = scores[None, :] >= cuts[:, None]
+        youden = (pred[:, labels == 1].mean(axis=1) - pred[:, labels == 0].mean(axis=1)).round(12)
+        best = np.flatnonzero(youden == youden.max())
+        pick = best[np.argmin(np.abs(cuts[best] - 0.5))]
+        value, j = float(cuts[pick]), float(youden[pick])
+        how = (f"maximising Youden's J (sensitivity + specificity - 1 = {j:.3f}) on {n1} bacterial and {n0} viral "
+               "validation films, mid-gap between the validation scores it separates")
+    return {"value": round(value, 6), "rule": rule, "validation_bacterial": n1, "validation_viral": n0,
+            "youden_j": None if j is None else round(j, 4), "statement": f"{value:.6g}, {how}."}
+
+
+def subtype_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """ROC AUC, accuracy, sensitivity (bacterial called bacterial) and specificity (viral called
+    viral) of P(bacterial) at ``threshold``, over films with a known subtype (1 bacterial, 0 viral)."""
+    labels = np.asarray(labels).astype(int)
+    n1, n0 = int(labels.sum()), int(len(labels) - labels.sum())
+    m = at_threshold(labels, np.asarray(scores, np.float64), threshold)
+    return {"films": int(len(labels)), "bacterial": n1, "viral": n0,
+            "roc_auc": ranking(labels, np.asarray(scores))["roc_auc"] if len(labels) else None,
+            "accuracy": m["accuracy"] if len(labels) else None, "sensitivity": m["recall"] if n1 else None,
+            "specificity": m["specificity"] if n0 else None, "confusion": m["confusion"]}

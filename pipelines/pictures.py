@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, UserError, layout
+from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, layout
 
 KEY = "cxr-pictures"
 MAX_BYTES = 300_000  # the artifact's markdown; overlays that would pass it are left out
@@ -148,16 +148,9 @@ def pick_examples(rows: list[dict], threshold: float) -> list[tuple[str, dict]]:
 
 def split_rows(predictions_csv: Path, split: str = "test") -> list[dict]:
     """One split's rows of the evaluate stage's predictions.csv (split, path, label, probability)."""
-    from cxr.io import read_csv
     from cxr.records import predictions
 
-    if not predictions_csv.is_file():
-        raise UserError(f"{predictions_csv} not found: {predictions.REMEDY}")
-    rows = read_csv(predictions_csv)
-    if rows and set(predictions.COLUMNS) - set(rows[0]):
-        raise UserError(f"{predictions_csv} lacks the columns {sorted(set(predictions.COLUMNS) - set(rows[0]))}: "
-                        f"{predictions.REMEDY}")
-    return [r for r in rows if r["split"] == split]
+    return predictions.rows(predictions_csv, split)
 
 
 def overlays(export_dir: Path, raw_dir: Path, predictions_csv: Path, model=None) -> list[tuple[str, bytes]]:

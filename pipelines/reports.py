@@ -32,6 +32,12 @@ def metrics_table(metrics: Evaluation) -> list[dict]:
                      "test @ chosen threshold": proxy.get(key), "test @ 0.5": None, "val @ chosen threshold": None})
     rows.append({"metric": "images", "test @ chosen threshold": test.images,
                  "test @ 0.5": test.images, "val @ chosen threshold": val.images})
+    sub = metrics.subtype
+    if sub is not None and sub.available:  # bacterial vs viral, at its own threshold (chosen on validation)
+        for key in ("roc_auc", "accuracy", "sensitivity", "specificity", "films"):
+            rows.append({"metric": f"subtype {key} (bacterial vs viral, PNEUMONIA films; threshold {sub.threshold})",
+                         "test @ chosen threshold": sub.test.get(key), "test @ 0.5": None,
+                         "val @ chosen threshold": (sub.val or {}).get(key)})
     return rows
 
 

@@ -1,8 +1,9 @@
 """evaluate: test-split metrics at 0.5 and at the threshold chosen on validation.
 
-Reads params ``evaluate``; writes ``metrics.json`` (git-tracked, for ``dvc metrics diff``),
-``reports/plots/`` (ROC, PR, confusion matrix for ``dvc plots``) and
-``reports/predictions.csv`` (every val/test probability, for audits and serving checks).
+Reads params ``evaluate`` (and ``subtype.threshold_rule``); writes ``metrics.json`` (git-tracked,
+for ``dvc metrics diff``; the subtype head's figures in its ``subtype`` section),
+``reports/plots/`` (ROC, PR, confusion matrix and the subtype's ROC, for ``dvc plots``) and
+``reports/predictions.csv`` (every val/test probability, and P(bacterial), for audits and serving checks).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from cxr import LABELS, SYNTHETIC_WARNING, UserError, cli, params
-from cxr.data.dataset import load_split
-from cxr.data.manifest import SOURCE_INFO, read_source_info
+from cxr.data.dataset import known_subtype, load_split
+from cxr.data.manifest import SOURCE_INFO, read_source_info, subtype_of
 from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import write_csv, write_json
-from cxr.metrics import THRESHOLD_RULES, at_threshold, choose_threshold, curves, ranking, test_split_hash
+from cxr.metrics import (THRESHOLD_RULES, at_threshold, choose_threshold, curves, ranking, subtype_figures,
+                         subtype_threshold, test_split_hash)
 from cxr.records import predictions
-from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures
+from cxr.records.evaluation import DataFacts, Evaluation, SplitFigures, SubtypeFigures
 from cxr.records.train_summary import TrainSummary
 from cxr.shift.acquisition import ClassAcquisition
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "evaluate", model="the trained model", prepared="the prepared splits",
                   raw="the downloaded data set (re-acquired and stressed test images)",
                   train_summary="the train stage's summary.json (the imaging record)",
-                  ood="the train stage's not-a-chest-X-ray detector",
+                  ood="the train stage's not-a-chest-X-ray detector", subtype="the train stage's subtype head",
                   metrics="the metrics.json to write", plots="the plots folder to write",
                   predictions="the predictions CSV to write")
     cfg = params.section("evaluate")
@@ -52,10 +54,13 @@ def main(argv: list[str] | None = None) -> None:
                         "(null, or a folder with NORMAL/ and PNEUMONIA/ full-size originals)")
     facts = ClassAcquisition.from_params(params.section("acquisition"))
     runtime = params.require(cfg, "runtime", str, "evaluate")
+    subtype_rule = params.require(params.section("subtype"), "threshold_rule", str, "subtype")
     import keras
 
     from cxr.model.network import Scorer
+    from cxr.model.subtype import load as load_subtype
 
+    head = load_subtype(p.subtype)
     model = keras.saving.load_model(p.model)
     imaging = TrainSummary.read(p.train_summary).imaging  # as training recorded it
     val, test = load_split(p.prepared, "val"), load_split(p.prepared, "test")
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = {name: c.value for name, c in choices.items()}
     threshold = choice.value
     log.info("threshold: %s", choice.describe())
+    # The subtype head reads the embeddings the scorer keeps of every array it scored: no second pass.
+    p_bacterial = {name: head.probabilities(scorer.embeddings(split.images)) if head.fitted else None
+                   for name, split in (("val", val), ("test", test))}
+    subtype = _subtype(head, p_bacterial, val, test, test_scores, threshold, subtype_rule)
     source = read_source_info(p.raw / SOURCE_INFO)
     raw_splits = set(source.get("counts", {}).keys()) if isinstance(source.get("counts"), dict) else set()
     diagnostics: dict = {}
@@ -93,8 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     if run_counterfactual:
         from cxr.shift.robustness import PROXY, counterfactual_report, counterfactual_scores
 
-        variants = counterfactual_scores(p.raw, test.paths, test.labels, test_scores, facts, imaging, score)
+        cf_views: dict = {}
+        variants = counterfactual_scores(p.raw, test.paths, test.labels, test_scores, facts, imaging, score, cf_views)
         cf = counterfactual_report(variants, test.labels, test_scores, threshold, facts)
+        if subtype.available:
+            from cxr.shift.robustness import subtype_counterfactual
+
+            films, kinds = known_subtype(test)
+            cf["subtype"] = subtype_counterfactual(cf_views, test.labels, films, kinds, p_bacterial["test"][films],
+                                                   lambda x: head.probabilities(scorer.embeddings(x)),
+                                                   subtype.threshold)
+            log.info("subtype counterfactual (PNEUMONIA given NORMAL's acquisition): AUC %s -> %s",
+                     cf["subtype"]["clean"]["roc_auc"], cf["subtype"]["pneumonia_as_normal"]["roc_auc"])
         diagnostics["counterfactual"] = cf
         # Each way of choosing the threshold, on test and on the proxy: how the choice was made.
         diagnostics["threshold_alternatives"] = {
@@ -111,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         diagnostics["proxy"] = {"roc_auc": cf[PROXY]["roc_auc"], "recall": cf[PROXY]["recall"],
                             "specificity": cf[PROXY]["specificity"], "variant": PROXY}
     if run_audit:
-        diagnostics["shortcut_audit"] = _audit(test, test_scores, p.prepared)
+        diagnostics["shortcut_audit"] = _audit(test, test_scores, p.prepared, p_bacterial["test"])
     if originals is not None:
         from cxr.shift.robustness import served_gap
 
@@ -127,20 +146,24 @@ def main(argv: list[str] | None = None) -> None:
                           at_half=at_threshold(test.labels, test_scores, 0.5)),
         val=SplitFigures(**ranking(val.labels, val_scores), images=len(val),
                          at_threshold=at_threshold(val.labels, val_scores, threshold)),
-        data=data, diagnostics=diagnostics)
+        data=data, diagnostics=diagnostics, subtype=subtype)
     metrics.write(p.metrics)
 
     test_curves = curves(test.labels, test_scores, points)
     write_json(p.plots / "roc.json", test_curves["roc"])
     write_json(p.plots / "pr.json", test_curves["pr"])
+    films, kinds = known_subtype(test)
+    both = subtype.available and len(set(kinds.tolist())) == 2
+    write_json(p.plots / "subtype_roc.json", curves(kinds, p_bacterial["test"][films], points)["roc"] if both else [])
     predicted = test_scores >= threshold
     write_csv(
         p.plots / "confusion.csv",
         ({"actual": LABELS[int(y)], "predicted": LABELS[int(p)]} for y, p in zip(test.labels, predicted)),
         ["actual", "predicted"],
     )
-    predictions.write(p.predictions, {"val": (val.paths, val.labels, val_scores),
-                                      "test": (test.paths, test.labels, test_scores)})
+    predictions.write(p.predictions, {
+        name: (split.paths, split.labels, scores, [subtype_of(path) for path in split.paths], p_bacterial[name])
+        for name, split, scores in (("val", val, val_scores), ("test", test, test_scores))})
     t = metrics.test
     log.info(
         "test: AUC %s | threshold %.4f (val recall target %.2f): recall %.3f specificity %.3f "
@@ -148,8 +171,34 @@ def main(argv: list[str] | None = None) -> None:
         t.roc_auc, threshold, target_recall, t.at_threshold["recall"], t.at_threshold["specificity"],
         t.at_threshold["accuracy"], t.at_half["recall"], t.at_half["specificity"],
     )
+    if subtype.available:
+        st = subtype.test
+        log.info("subtype (bacterial vs viral, %d test PNEUMONIA films): AUC %s | threshold %.4f (%s): accuracy %s "
+                 "sensitivity %s specificity %s", st["films"], st["roc_auc"], subtype.threshold,
+                 subtype.threshold_rule["rule"], st["accuracy"], st["sensitivity"], st["specificity"])
+    else:
+        log.warning("no subtype figures: %s", subtype.reason)
     if data.synthetic:
         log.warning(SYNTHETIC_WARNING)
+
+
+def _subtype(head, p_bacterial: dict, val, test, test_scores: np.ndarray, threshold: float,
+             rule: str) -> SubtypeFigures:
+    """The subtype head on the PNEUMONIA films with a known subtype: the threshold chosen on
+    validation, the figures on test, and on the test films the screening flagged (as served)."""
+    if not head.fitted:
+        return SubtypeFigures(available=False, reason=head.reason)
+    vi, vy = known_subtype(val)
+    ti, ty = known_subtype(test)
+    if not len(ti):
+        return SubtypeFigures(available=False, reason="the test split has no PNEUMONIA film of a known subtype")
+    choice = subtype_threshold(vy, p_bacterial["val"][vi], rule)
+    t = choice["value"]
+    flagged = test_scores[ti] >= threshold
+    return SubtypeFigures(available=True, threshold=t, threshold_rule=choice,
+                          test=subtype_figures(ty, p_bacterial["test"][ti], t),
+                          val=subtype_figures(vy, p_bacterial["val"][vi], t),
+                          as_served=subtype_figures(ty[flagged], p_bacterial["test"][ti][flagged], t))
 
 
 def _ood(scorer, detector_path: Path, test, imaging: ImagingConfig, cfg: dict, views: dict | None) -> dict:
@@ -192,19 +241,21 @@ def _stress(score, views: dict, labels: np.ndarray, threshold: float) -> dict:
     return result
 
 
-def _audit(test, test_scores: np.ndarray, prepared: Path) -> dict:
+def _audit(test, test_scores: np.ndarray, prepared: Path, p_bacterial: np.ndarray | None) -> dict:
     """The shortcut audit per split, the train-fitted shortcut on test, and whether the
-    model's test scores follow it within each class."""
+    model's test scores follow it within each class; with a subtype head, the same for bacterial
+    vs viral on the PNEUMONIA films of a known subtype (``subtype``)."""
     from cxr.data.manifest import parse_name
-    from cxr.shift.shortcuts import Audit, cross_validated, features, within_class_reliance
+    from cxr.shift.shortcuts import Audit, cross_validated, features, subtype_audit, within_class_reliance
 
     out = {}
-    feats = {}
+    feats, groups, known = {}, {}, {}
     for name in ("train", "val", "test"):
         split = test if name == "test" else load_split(prepared, name)
-        groups = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
+        groups[name] = np.array([parse_name(Path(str(p)).name).patient_id for p in split.paths])
         feats[name] = (features(split.images), split.labels)
-        out[name] = cross_validated(*feats[name], groups)
+        known[name] = known_subtype(split)
+        out[name] = cross_validated(*feats[name], groups[name])
     audit = Audit(*feats["train"])
     shortcut_scores = audit.score(feats["test"][0])
     out["train_fitted_on_test_auc"] = audit.transfer(*feats["test"])
@@ -212,6 +263,14 @@ def _audit(test, test_scores: np.ndarray, prepared: Path) -> dict:
     log.info("shortcut audit: cv AUC train %s val %s test %s; train-fitted on test %s; model-shortcut "
              "correlation within class %s", out["train"]["cv_auc"], out["val"]["cv_auc"], out["test"]["cv_auc"],
              out["train_fitted_on_test_auc"], out["model_follows_shortcut"])
+    if p_bacterial is not None:
+        sub = out["subtype"] = subtype_audit({n: feats[n][0][idx] for n, (idx, _) in known.items()},
+                                             {n: kinds for n, (_, kinds) in known.items()},
+                                             {n: groups[n][idx] for n, (idx, _) in known.items()},
+                                             p_bacterial[known["test"][0]])
+        log.info("shortcut audit, bacterial vs viral: cv AUC train %s val %s test %s; the head follows it within a "
+                 "subtype %s", sub["train"]["cv_auc"], sub["val"]["cv_auc"], sub["test"]["cv_auc"],
+                 sub.get("head_follows_shortcut"))
     return out
 
 

@@ -1,10 +1,11 @@
 """train: MobileNetV2 transfer learning on the prepared splits (with ``train.weights: none``,
 the ``model.from_scratch`` network trained whole).
 
-Reads params ``train``, ``model``, ``imaging``, ``acquisition`` and ``ood``; writes
+Reads params ``train``, ``model``, ``imaging``, ``acquisition``, ``ood`` and ``subtype``; writes
 ``models/model.keras`` (calibrated, the full inference model), ``models/ood.npz`` (the
-not-a-chest-X-ray detector on its embedding), ``reports/train/history.csv`` (per-epoch curves,
-a DVC plot) and ``reports/train/summary.json``.
+not-a-chest-X-ray detector on its embedding), ``models/subtype.npz`` (the bacterial-or-viral head on
+the same embedding, fitted last: the screening model is saved before it), ``reports/train/history.csv``
+(per-epoch curves, a DVC plot) and ``reports/train/summary.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from cxr.io import atomic_path, write_csv
 from cxr.model.network import Architecture, build, embeddings, resolve_weights, weights_fingerprint
 from cxr.model.ood import OodConfig
 from cxr.model.ood_fit import fit_on_views
+from cxr.model.subtype import SubtypeConfig
+from cxr.model.subtype_fit import fit_on_model
 from cxr.model.training import TrainConfig, train
 from cxr.records.train_summary import TrainSummary
 from cxr.shift.acquisition import ClassAcquisition
@@ -33,12 +36,13 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "train", prepared="the prepared splits", raw="the downloaded data set (re-acquired views)",
                   model="the model file to write", reports="the folder for history.csv and summary.json",
-                  ood="the not-a-chest-X-ray detector to write")
+                  ood="the not-a-chest-X-ray detector to write", subtype="the subtype head to write")
     cfg = TrainConfig.from_params(params.section("train"))
     arch = Architecture.from_params(params.section("model"), from_scratch=cfg.weights is None)
     imaging = ImagingConfig.from_params(params.section("imaging"))
     facts_acq = ClassAcquisition.from_params(params.section("acquisition"))
     ood_cfg = OodConfig.from_params(params.section("ood"))  # a bad knob fails before training, not after
+    subtype_cfg = SubtypeConfig.from_params(params.section("subtype"))
     weights = resolve_weights(cfg.weights, arch.alpha, imaging.image_size)
     train_split, val_split = load_split(p.prepared, "train"), load_split(p.prepared, "val")
     if train_split.images.shape[1] != imaging.image_size:
@@ -74,13 +78,22 @@ def main(argv: list[str] | None = None) -> None:
         detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
                                 ood_cfg, seed=cfg.seed)
     else:  # the images training saw reuse its cache; only their re-acquired copies are new
+        val_embedding = cache.embed_activations(cache.val[:len(val_split)])
         detector = fit_on_views(cache.embed_images, train_split.images, val_split.images, imaging, ood_cfg,
                                 seed=cfg.seed,
                                 train_embedding=None if cache.train_clean is None
                                 else cache.embed_activations(cache.train_clean),
-                                val_embedding=cache.embed_activations(cache.val[:len(val_split)]))
+                                val_embedding=val_embedding)
     detector.save(p.ood)
     facts.setdefault("timings_s", {})["ood_fit_s"] = round(time.time() - fit_started, 1)
+    fit_started = time.time()  # last: nothing it does can reach the screening model or the detector
+    subtype = fit_on_model(model, cache, train_split, val_split, cfg, subtype_cfg,
+                           val_embedding=None if cache is None else val_embedding)
+    subtype.save(p.subtype)
+    facts["timings_s"]["subtype_fit_s"] = round(time.time() - fit_started, 1)
+    head = subtype.to_dict()
+    facts["subtype"] = {k: head[k] for k in ("fitted", "reason", "films", "views_per_film", "steps", "best_step",
+                                             "val_auc", "calibration") if head.get(k) is not None}
     facts["peak_rss_mib"] = peak_rss_mib()
     summary = TrainSummary(
         imaging=imaging, architecture={**arch.to_dict(), "description": arch.describe()},
@@ -90,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         acquisition=facts_acq.to_dict(), shortcut_audit_views=audit, training=facts)
     log.info("not-a-chest-X-ray detector (%.0f s): %s of %d validation X-rays and their re-acquired copies pass",
              facts["timings_s"]["ood_fit_s"], detector.info["val_pass_rate_achieved"], detector.info["val_images"])
+    if subtype.fitted:
+        log.info("subtype head, P(bacterial | pneumonia) (%.1f s): %s; validation AUC %s after %s steps",
+                 facts["timings_s"]["subtype_fit_s"], subtype.info["films"], subtype.info["val_auc"],
+                 subtype.info["best_step"])
+    else:
+        log.warning("no subtype head: %s", subtype.reason)
     summary.write(p.reports / "summary.json")
     log.info("saved %s (%.0f s): %s", p.model, summary.wall_time_s, summary.calibration)
 

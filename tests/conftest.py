@@ -47,7 +47,9 @@ def promoted_model(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"tag": facts["tag"], "export_dir": Path(facts["export_dir"]), "bentoml_home": home,
-            "image_size": int(facts["image_size"]), "threshold": float(facts["threshold"])}
+            "image_size": int(facts["image_size"]), "threshold": float(facts["threshold"]),
+            "subtype_threshold": float(facts["subtype_threshold"]), "legacy_tag": facts["legacy_tag"],
+            "legacy_dir": Path(facts["legacy_dir"])}
 
 
 class Server:
@@ -95,5 +97,14 @@ def start_server(bentoml_home: Path, log: Path, timeout: float = 120, **env: str
 def service(promoted_model, tmp_path_factory):
     """A real ``bentoml serve service:CXRScreening`` on 127.0.0.1 (a free port), serving the tiny model."""
     server = start_server(promoted_model["bentoml_home"], tmp_path_factory.mktemp("serve") / "serve.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def legacy_service(promoted_model, tmp_path_factory):
+    """The same tiny network as exported before the subtype head, served by today's code (CXR_MODEL_TAG)."""
+    server = start_server(promoted_model["bentoml_home"], tmp_path_factory.mktemp("serve-legacy") / "serve.log",
+                          CXR_MODEL_TAG=promoted_model["legacy_tag"])
     yield server
     server.stop()

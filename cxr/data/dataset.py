@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import LABELS, POSITIVE_LABEL, UserError
+from cxr import LABELS, POSITIVE_LABEL, SUBTYPE_POSITIVE, SUBTYPES, UserError
 from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes
 from cxr.io import atomic_path
 
@@ -64,3 +64,23 @@ def load_split(prepared_dir: str | Path, split: str) -> SplitData:
 
 def labels_to_int(labels: list[str]) -> np.ndarray:
     return np.array([1 if label == POSITIVE_LABEL else 0 for label in labels], np.int8)
+
+
+UNKNOWN_SUBTYPE = -1
+
+
+def subtype_labels(paths) -> np.ndarray:
+    """int8 per image: 1 bacterial, 0 viral, -1 (:data:`UNKNOWN_SUBTYPE`) when the file name names
+    no subtype (NORMAL films, sources named otherwise). The subtype is read from the name, as the
+    patient is: the split stage's arrays stay what they were."""
+    from cxr.data.manifest import subtype_of
+
+    code = {SUBTYPE_POSITIVE: 1, next(s for s in SUBTYPES if s != SUBTYPE_POSITIVE): 0}
+    return np.array([code.get(subtype_of(p), UNKNOWN_SUBTYPE) for p in paths], np.int8)
+
+
+def known_subtype(split: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, labels 1 bacterial / 0 viral) of the split's PNEUMONIA films whose names give a subtype."""
+    labels = subtype_labels(split.paths)
+    idx = np.flatnonzero((labels != UNKNOWN_SUBTYPE) & (split.labels == 1))
+    return idx, labels[idx].astype(int)

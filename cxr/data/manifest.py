@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr import LABELS, UserError
+from cxr import LABELS, SUBTYPES, UserError
 from cxr.io import read_csv, write_csv
 
 MANIFEST_NAME = "manifest.csv"
@@ -22,6 +22,9 @@ SOURCE_INFO = "source.json"  # what the download stage records of the source, be
 COLUMNS = ["path", "label", "source_split", "patient_id", "subtype", "sha256", "bytes"]
 SOURCE_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+# The file names' words for the subtype, and the words the model and its answers use (cxr.SUBTYPES).
+SUBTYPE_NAMES = {"bacteria": SUBTYPES[0], "virus": SUBTYPES[1]}
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _IM = re.compile(r"(IM-\d+)-\d+", re.IGNORECASE)
@@ -47,6 +50,11 @@ def parse_name(filename: str) -> NameFacts:
     if m:
         return NameFacts(m.group(1).upper(), "")
     return NameFacts(stem, "")
+
+
+def subtype_of(path: str | Path) -> str:
+    """``bacterial``, ``viral`` or "" (the file name names no subtype) for an image path."""
+    return SUBTYPE_NAMES.get(parse_name(Path(str(path)).name).subtype, "")
 
 
 def read_manifest(raw_dir: str | Path) -> list[dict]:

@@ -113,13 +113,22 @@ def check_no_leak(rows: list[dict], splits: list[str]) -> None:
 
 
 def summary(rows: list[dict], splits: list[str]) -> dict:
+    """Per split: images, patients, images per label, and the PNEUMONIA images (and patients) per
+    subtype the file names give ("unknown": a PNEUMONIA name without one): the subtype head's data."""
+    from cxr.data.manifest import SUBTYPE_NAMES
+
     out: dict = {}
     for split in SPLITS:
         chosen = [r for r, s in zip(rows, splits) if s == split]
+        pneumonia = [r for r in chosen if r["label"] == LABELS[1]]
+        kinds = (*SUBTYPE_NAMES.values(), "unknown")
+        kind = [SUBTYPE_NAMES.get(r.get("subtype", ""), "unknown") for r in pneumonia]
         out[split] = {
             "images": len(chosen),
             "patients": len({r["patient_id"] for r in chosen}),
             **{label: sum(r["label"] == label for r in chosen) for label in LABELS},
+            "subtypes": {k: kind.count(k) for k in kinds},
+            "subtype_patients": {k: len({r["patient_id"] for r, c in zip(pneumonia, kind) if c == k}) for k in kinds},
         }
     out["dropped"] = sum(1 for s in splits if not s)
     return out

@@ -39,14 +39,16 @@ def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc:
 @dataclass
 class BackboneCache:
     """What the cached path computed once, for whoever needs the same images again (the
-    not-a-chest-X-ray detector): the frozen bottom's runner, its activations of the training
-    images as acquired (view 0 with ``clean_view``) and of the selection split, and the map from
-    those activations to the embedding (the top of the trained network up to the pooling)."""
+    not-a-chest-X-ray detector, the subtype head): the frozen bottom's runner, its activations of
+    the training images as acquired (view 0 with ``clean_view``), of every cached view, and of the
+    selection split, and the map from those activations to the embedding (the top of the trained
+    network up to the pooling)."""
 
     frozen: object  # float32 [B, S, S, 1] -> activations at the cut
     pooled: object  # Keras model: activations at the cut -> embedding [B, D]
     train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
     val: np.ndarray
+    train_views: np.ndarray | None = None  # [N, V, h, w, c] float16: every view training saw
 
     def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
         return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))

@@ -1,5 +1,6 @@
 """The exported model at run time, on LiteRT alone (no TensorFlow): ``model.tflite`` gives the
-probability and, from the same forward pass, the explanation.
+probability and, from the same forward pass, the explanation, the embedding and (exports with a
+subtype head) P(bacterial | pneumonia) and the head's own activation map.
 
 The head is global average pooling -> Dense, so Grad-CAM at the last convolution is the class
 activation map: the Dense kernel applied to each position of the feature map
@@ -11,12 +12,23 @@ checks it against :func:`cxr.model.network.grad_cam`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cxr import UserError
 from cxr.imaging.preprocess import to_model_input
+
+
+@dataclass
+class Outputs:
+    """One forward pass of ``model.tflite`` over N images; what an export lacks is None."""
+
+    probability: np.ndarray  # [N]
+    embedding: np.ndarray | None = None  # [N, D]
+    p_bacterial: np.ndarray | None = None  # [N]: P(bacterial | pneumonia)
+    maps: np.ndarray | None = None  # [N, h, w, C]: channel 0 the screening CAM, 1 the subtype's
 
 
 class TFLiteModel:
@@ -31,11 +43,15 @@ class TFLiteModel:
         self.outputs = self.interpreter.get_output_details()
         self._batch = int(self.input["shape"][0])
         # Told apart by shape (the file does not keep the outputs' order): the probability [N, 1],
-        # the activation map [N, h, w, 1] and the embedding [N, D] (D > 1); older exports lack the last two.
+        # the activation map [N, h, w, C], the embedding [N, D] (D > 2: 8 or more in every
+        # architecture) and the subtype pair [N, 2] (P(bacterial), P(viral)). Older exports lack the
+        # pair (and have a one-channel map), older still the embedding and the map.
         shapes = [tuple(o["shape"]) for o in self.outputs]
         self._prob = next(i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] == 1)
         self._map = next((i for i, s in enumerate(shapes) if len(s) == 4), None)
-        self._embedding = next((i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] > 1), None)
+        self._embedding = next((i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] > 2), None)
+        self._subtype = next((i for i, s in enumerate(shapes) if len(s) == 2 and s[-1] == 2), None)
+        self.map_channels = 0 if self._map is None else int(shapes[self._map][-1])
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         """Every output, in the file's order, for uint8 ``[N, S, S]`` images."""
@@ -55,6 +71,22 @@ class TFLiteModel:
     @property
     def has_embedding(self) -> bool:
         return self._embedding is not None
+
+    @property
+    def has_subtype(self) -> bool:
+        """The export carries the subtype head (P(bacterial) and, with a map, its own channel)."""
+        return self._subtype is not None
+
+    def outputs_of(self, images: np.ndarray) -> Outputs:
+        """Every output of one pass over uint8 ``[N, S, S]`` images, by what it is."""
+        outs = self.run(images)
+
+        def pick(index):
+            return None if index is None else outs[index]
+
+        pair = pick(self._subtype)
+        return Outputs(probability=outs[self._prob].reshape(-1), embedding=pick(self._embedding),
+                       p_bacterial=None if pair is None else pair[:, 0].copy(), maps=pick(self._map))
 
     def predict_with_embedding(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities ``[N]``, embeddings ``[N, D]``) from one forward pass."""
@@ -92,6 +124,12 @@ def resize_bilinear(values: np.ndarray, size: int) -> np.ndarray:
     xlo, xhi, fx = axis(values.shape[1])
     rows = values[ylo] * (1 - fy) + values[yhi] * fy  # [size, w]
     return (rows[:, xlo] * (1 - fx.T) + rows[:, xhi] * fx.T).astype(np.float32)
+
+
+def subtype_map(cam: np.ndarray, size: int, bacterial: bool) -> np.ndarray:
+    """The subtype head's picture for its answer: its raw map ``[h, w]`` points towards bacterial,
+    so a viral answer's Grad-CAM (the gradient of the viral logit, its negative) is the map negated."""
+    return activation_map(cam if bacterial else -np.asarray(cam, np.float32), size)
 
 
 def activation_map(cam: np.ndarray, size: int) -> np.ndarray:

@@ -323,7 +323,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         facts["fine_tune_from"] = cfg.fine_tune_from
         clean = cfg.clean_view or not view_sources
         cache = BackboneCache(frozen=frozen, pooled=pooled, train_clean=train_acts[:, 0] if clean else None,
-                              val=val_acts)
+                              val=val_acts, train_views=train_acts)
 
     for layer in model.layers:
         layer.trainable = True

@@ -1,6 +1,7 @@
 """Drift of the served model's inputs, read off the service's audit trail.
 
-The trail (``cxr-audit/1``, one JSON object per answered or refused image) carries no
+The trail (``cxr-audit/2``, or the older ``cxr-audit/1``: one JSON object per answered or refused
+image) carries no
 pixels and no patient data: only what the service answered. What it tells against the
 promoted model's validation set (the reference, carried by the model card):
 
@@ -259,6 +260,8 @@ def compare(trail: Trail, reference: dict, cfg: DriftConfig) -> dict:
     figures["mean_probability_reference"] = _round(float(ref.mean()))
     labelled = Counter(r["label"] for r in answers)
     figures["labels"] = {str(k): v for k, v in labelled.items()}
+    # the subtype given with the PNEUMONIA answers (none: a model without one, or a cxr-audit/1 line)
+    figures["subtypes"] = dict(Counter(str(r.get("subtype") or "none") for r in answers if r["label"] == POSITIVE_LABEL))
     figures["thresholds_in_trail"] = sorted({r["threshold"] for r in answers if r["threshold"] is not None})
     figures["models_in_window"] = dict(Counter(str(r["model"]) for r in trail.records))
     figures["routes"] = dict(Counter(str(r["route"]) for r in trail.records))

@@ -18,6 +18,14 @@ a real pass/fail decision; the model is stored labelled ``synthetic=true`` and e
 of the service says so), ``report`` (computed and shown, not enforced), or ``refuse``
 (never promote a synthetic model).
 
+The second question, bacterial or viral, has its own rules (``subtype_floors``: ROC AUC and
+accuracy on the test PNEUMONIA films with a known subtype; and no drop of the subtype ROC AUC
+beyond ``max_regression`` against a champion that has one, on the same test split). Synthetic
+subtypes say nothing of real films, so on synthetic data these are reported, not enforced
+(``subtype_on_synthetic``); on real data they are enforced. A model without subtype figures (one
+from before the head, or trained on data that names no subtype) is judged on the screening figures
+alone, and the verdict says so (``subtype``).
+
 The verdict is plain data (every figure, its threshold, pass/fail, a one-line reason) so
 the flow can publish it as an artifact and the registry can store it with the model.
 """
@@ -30,9 +38,11 @@ from cxr import UserError, params
 from cxr.records.evaluation import GatedFigures
 
 ON_SYNTHETIC = ("report", "enforce", "refuse")
+SUBTYPE_ON_SYNTHETIC = ("report", "enforce")
 
 
 FLOORS = ("min_recall", "min_specificity", "min_roc_auc")
+SUBTYPE_FLOORS = ("min_roc_auc", "min_accuracy")
 
 
 @dataclass(frozen=True)
@@ -43,26 +53,26 @@ class GateConfig:
     max_regression: float
     on_synthetic: str = "enforce"
     synthetic_floors: dict | None = None  # {min_recall, min_specificity, min_roc_auc}; None: the floors above
+    subtype_floors: dict | None = None  # {min_roc_auc, min_accuracy}; None: no subtype floor
+    subtype_on_synthetic: str = "report"
 
     @classmethod
     def from_params(cls, cfg: dict) -> "GateConfig":
-        floors = cfg.get("synthetic_floors")
-        if floors is not None:
-            if not isinstance(floors, dict) or set(floors) != set(FLOORS):
-                raise UserError(f"params.yaml: 'gate.synthetic_floors' must give exactly {list(FLOORS)}, "
-                                f"got {floors!r}")
-            floors = {k: params.in_range(params.require(floors, k, float, "gate.synthetic_floors"), 0.0, 1.0,
-                                         f"gate.synthetic_floors.{k}") for k in FLOORS}
         out = cls(
             min_recall=params.require(cfg, "min_recall", float, "gate"),
             min_specificity=params.require(cfg, "min_specificity", float, "gate"),
             min_roc_auc=params.require(cfg, "min_roc_auc", float, "gate"),
             max_regression=params.require(cfg, "max_regression", float, "gate"),
             on_synthetic=str(cfg.get("on_synthetic", "enforce")),
-            synthetic_floors=floors,
+            synthetic_floors=_floors(cfg, "synthetic_floors", FLOORS),
+            subtype_floors=_floors(cfg, "subtype_floors", SUBTYPE_FLOORS),
+            subtype_on_synthetic=str(cfg.get("subtype_on_synthetic", "report")),
         )
         if out.on_synthetic not in ON_SYNTHETIC:
             raise UserError(f"params.yaml: 'gate.on_synthetic' must be one of {ON_SYNTHETIC}, got {out.on_synthetic!r}")
+        if out.subtype_on_synthetic not in SUBTYPE_ON_SYNTHETIC:
+            raise UserError(f"params.yaml: 'gate.subtype_on_synthetic' must be one of {SUBTYPE_ON_SYNTHETIC}, got "
+                            f"{out.subtype_on_synthetic!r}")
         for name in (*FLOORS, "max_regression"):
             params.in_range(getattr(out, name), 0.0, 1.0, f"gate.{name}")
         return out
@@ -73,9 +83,40 @@ class GateConfig:
         return {k: getattr(self, k) for k in FLOORS}
 
 
-def _check(name: str, value, op: str, threshold: float, kind: str) -> dict:
+def _floors(cfg: dict, key: str, names: tuple[str, ...]) -> dict | None:
+    floors = cfg.get(key)
+    if floors is None:
+        return None
+    if not isinstance(floors, dict) or set(floors) != set(names):
+        raise UserError(f"params.yaml: 'gate.{key}' must give exactly {list(names)}, got {floors!r}")
+    return {k: params.in_range(params.require(floors, k, float, f"gate.{key}"), 0.0, 1.0, f"gate.{key}.{k}")
+            for k in names}
+
+
+def _check(name: str, value, op: str, threshold: float, kind: str, enforced: bool = True) -> dict:
     passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
-    return {"check": name, "kind": kind, "value": value, "op": op, "threshold": round(threshold, 6), "passed": passed}
+    out = {"check": name, "kind": kind, "value": value, "op": op, "threshold": round(threshold, 6), "passed": passed}
+    return out if enforced else {**out, "enforced": False}
+
+
+def _subtype_checks(ch: dict, cfg: GateConfig, champ: dict | None, same_split: bool) -> tuple[list[dict], str]:
+    """The subtype's checks and one sentence on how the subtype was judged."""
+    if ch.get("subtype_roc_auc") is None:
+        return [], ("no subtype figures (a model from before the subtype head, or data naming no subtype): judged on "
+                    "the screening figures only")
+    enforced = not (ch["synthetic"] and cfg.subtype_on_synthetic == "report")
+    checks = [_check(f"subtype {label}", ch[f"subtype_{key}"], ">=", floor, "subtype floor", enforced)
+              for key, label in (("roc_auc", "ROC AUC"), ("accuracy", "accuracy"))
+              for floor in [(cfg.subtype_floors or {}).get(f"min_{key}")] if floor is not None]
+    note = f"subtype judged on {ch.get('subtype_films')} test PNEUMONIA films, " + (
+        "enforced" if enforced else "reported, not enforced (synthetic data: gate.subtype_on_synthetic report)")
+    if champ is not None and same_split:
+        if champ.get("subtype_roc_auc") is None:
+            note += "; the champion has no subtype figures: no subtype comparison"
+        else:
+            checks.append(_check("subtype ROC AUC vs champion", ch["subtype_roc_auc"], ">=",
+                                 champ["subtype_roc_auc"] - cfg.max_regression, "subtype no-regression", enforced))
+    return checks, note
 
 
 def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | None = None,
@@ -96,6 +137,7 @@ def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | N
                        "op": "==", "threshold": "real", "passed": False})
 
     comparison = "no champion: floors only"
+    champ, same_split = None, False
     if champion is not None:
         champ = champion.to_dict()
         same_split = bool(ch["test_split_hash"]) and ch["test_split_hash"] == champ["test_split_hash"]
@@ -109,7 +151,9 @@ def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | N
                 if champ[key] is not None:
                     checks.append(_check(f"{label} vs champion", ch[key], ">=",
                                          champ[key] - cfg.max_regression, "no-regression"))
-    failed = [c for c in checks if not c["passed"]]
+    subtype_checks, subtype_note = _subtype_checks(ch, cfg, champ, same_split)
+    checks += subtype_checks
+    failed = [c for c in checks if not c["passed"] and c.get("enforced", True)]
     reported_only = ch["synthetic"] and cfg.on_synthetic == "report"
     if ch["synthetic"] and champion is not None and not champion.synthetic:
         # Never, in any mode: a synthetic model must not replace a real-data champion.
@@ -129,10 +173,13 @@ def decide(challenger: GatedFigures, cfg: GateConfig, champion: GatedFigures | N
             for c in failed)
     else:
         reason = f"gate passed: {len(checks)} checks ({comparison})"
+    unenforced = [c["check"] for c in subtype_checks if not c["passed"] and not c.get("enforced", True)]
+    reason += f"; {subtype_note}" + (f" ({', '.join(unenforced)} would fail)" if unenforced else "")
     return {
         "passed": not failed,
         "enforced": not reported_only,
         "reason": reason,
+        "subtype": subtype_note,
         "advice": _advice(failed, ch, champion_tag) if failed else None,
         "comparison": comparison,
         "floors": "synthetic" if ch["synthetic"] and cfg.synthetic_floors is not None else "real",
@@ -168,7 +215,7 @@ def _advice(failed: list[dict], ch: dict, champion_tag: str | None) -> str:
                 "'The offline default'): please report this run with its metrics.json and the processor "
                 "(lscpu). To carry on, train another seed (python -m cxr.params set train.seed=2, then make run), "
                 "or train on real data (make real).")
-    if any(c["kind"] == "no-regression" for c in failed):
+    if any(c["kind"].endswith("no-regression") for c in failed):
         return (f"{keep} The challenger is worse than the champion on the same test split: compare them with "
                 "`dvc metrics diff` and the gate artifact; promote it anyway only by hand (make rollback TAG=...).")
     return (f"{keep} The model misses a floor of params.yaml gate on its test split: look at metrics.json "
@@ -203,17 +250,22 @@ def verdict_markdown(verdict: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for c in verdict["checks"]:
+        result = "pass" if c["passed"] else "**FAIL**" if c.get("enforced", True) else "fail (reported, not enforced)"
         lines.append(f"| {c['check']} | {c['kind']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
-                     f"{'pass' if c['passed'] else '**FAIL**'} |")
+                     f"{result} |")
     ch = verdict["challenger"]
     lines += ["", f"Decision threshold {ch['threshold']} (chosen on validation); data set "
               f"`{_short(ch['dataset_hash'])}`, test split `{_short(ch['test_split_hash'])}`"
               f"{' (SYNTHETIC: not a medical model)' if ch['synthetic'] else ''}."]
+    if verdict.get("subtype"):
+        lines += ["", f"Bacterial or viral: {verdict['subtype']}."]
     if verdict.get("rescored"):
         lines += ["", "Re-scored on this test split from the raw image bytes through each exported TFLite file "
-                  "(the serving path):", "", "| model | ROC AUC | recall | specificity | threshold |", "|---|---|---|---|---|"]
+                  "(the serving path):", "", "| model | ROC AUC | recall | specificity | threshold | subtype ROC AUC "
+                  "| subtype accuracy |", "|---|---|---|---|---|---|---|"]
         for r in verdict["rescored"]:
             f = r["figures"]
             lines.append(f"| {r.get('name')} | {_fmt(f['roc_auc'])} | {_fmt(f['recall'])} | {_fmt(f['specificity'])} | "
-                         f"{_fmt(f['threshold'])} |")
+                         f"{_fmt(f['threshold'])} | {_fmt(f.get('subtype_roc_auc'))} | "
+                         f"{_fmt(f.get('subtype_accuracy'))} |")
     return "\n".join(lines) + "\n"

@@ -27,13 +27,14 @@ from pathlib import Path
 from cxr import UserError
 from cxr.io import file_digests, write_json
 from cxr.model.ood import FILE_NAME as OOD_FILE
+from cxr.model.subtype import FILE_NAME as SUBTYPE_FILE
 from cxr.records.model_card import JSON_NAME as CARD_JSON
 from cxr.records.model_card import MARKDOWN_NAME as CARD_MARKDOWN
 from cxr.records.model_card import ModelCard
 
 MODEL_NAME = "cxr-pneumonia"
 EXPORT_FILES = ("model.keras", "model.tflite", CARD_JSON, CARD_MARKDOWN)
-OPTIONAL_FILES = (OOD_FILE,)  # exports from before the not-a-chest-X-ray detector lack it
+OPTIONAL_FILES = (OOD_FILE, SUBTYPE_FILE)  # exports from before the detector, or the subtype head, lack them
 LINEAGE_FILE = "lineage.json"  # the full metadata, nulls included, beside the files
 
 
@@ -107,6 +108,8 @@ def lineage(card: ModelCard, verdict: dict | None = None) -> tuple[dict, dict]:
         "specificity": at_thr.get("specificity"),
         "precision": at_thr.get("precision"),
         "accuracy": at_thr.get("accuracy"),
+        "subtype": {k: v for k, v in (card.subtype or {}).items() if k in ("available", "reason", "threshold")}
+        | {"test": ((card.subtype or {}).get("figures") or {}).get("test")},
         "params": card.params,
         "gate": verdict,
         "notice": "Screening aid, not a diagnosis.",

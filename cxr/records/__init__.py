@@ -10,6 +10,8 @@ Every JSON record carries ``"schema": "<name>/<version>"``. Reading checks it, s
 another format, a newer checkout or a corrupt run is refused with one line that says what to
 rerun, and a file from before records were versioned (no ``schema``) is still read when it
 has every field the current version needs: promoted models outlive the code that made them.
+A format that gained a section reads its older versions too (``oldest``): the section is then
+absent, and its reader says so.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Format:
     version: int
     what: str  # what the file is, for messages: "the evaluate stage's metrics.json"
     remedy: str  # how to make a good one: "rerun the evaluate stage (dvc repro evaluate)"
+    oldest: int | None = None  # the oldest version still read (None: this version only)
 
     @property
     def tag(self) -> str:
@@ -69,7 +72,7 @@ class Format:
         if int(version) > self.version:
             raise UserError(f"{origin} was written as {tag}, newer than this checkout reads ({self.tag}): "
                             "update the code, or " + self.remedy)
-        if int(version) < self.version:
+        if int(version) < (self.oldest or self.version):
             raise UserError(f"{origin} was written as {tag}, an older format that this checkout no longer "
                             f"reads ({self.tag}): {self.remedy}")
         return body

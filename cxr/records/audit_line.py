@@ -1,9 +1,10 @@
-"""The audit trail's line, ``cxr-audit/1``: one JSON object per answered or refused image.
+"""The audit trail's line, ``cxr-audit/2``: one JSON object per answered or refused image.
 
 Written by the service (:mod:`cxr.serve.audit`), read by the drift monitor (:mod:`cxr.ops.drift`): both
 through this module. What a line may hold is fixed here: times, ids, the route, the model, the
-input's sha256, size and format, the answer or the refusal reason, the latency. Never pixels,
-file names, URLs or patient data.
+input's sha256, size and format, the answer (with a PNEUMONIA answer's subtype and its
+P(bacterial)) or the refusal reason, the latency. Never pixels, file names, URLs or patient data.
+Version 1 lines (before the subtype) still parse: their subtype is None.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from datetime import datetime, timezone
 
 from cxr import UserError
 
-SCHEMA = "cxr-audit/1"
+SCHEMA = "cxr-audit/2"
+READS = ("cxr-audit/1", SCHEMA)  # what parse() reads: the line before the subtype, and this one
 INPUT_FIELDS = ("input_sha256", "bytes", "format")
 FIELDS = ("schema", "time", "request_id", "route", "item", "model", *INPUT_FIELDS, "label", "probability",
-          "threshold", "refusal", "status", "latency_ms")
+          "threshold", "subtype", "subtype_probability", "refusal", "status", "latency_ms")
 
 
 def build(*, route: str, request_id: str, model: str, described: dict, answer: dict | None = None,
@@ -31,12 +33,14 @@ def build(*, route: str, request_id: str, model: str, described: dict, answer: d
         status, refusal = error.status, error.reason
     else:
         status, refusal = status or 500, None
+    subtype = (answer or {}).get("subtype") or {}
     return {
         "schema": SCHEMA, "time": time_text or datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "route": route, "item": item,
         "model": model, **{k: described.get(k) for k in INPUT_FIELDS},
         "label": answer["label"] if answer else None,
         "probability": answer["probability"] if answer else None,
         "threshold": answer["decision_threshold"] if answer else None,
+        "subtype": subtype.get("label"), "subtype_probability": subtype.get("probability_bacterial"),
         "refusal": refusal, "status": status, "latency_ms": round(latency_ms, 1),
     }
 
@@ -63,7 +67,7 @@ def parse(line: str) -> tuple[dict | None, str | None]:
         obj = json.loads(text[start:])
     except ValueError:
         return None, "not JSON"
-    if obj.get("schema") != SCHEMA:
+    if obj.get("schema") not in READS:
         return None, "other schema"
     when = obj.get("time")
     if when is not None:
@@ -81,6 +85,9 @@ def parse(line: str) -> tuple[dict | None, str | None]:
     refusal = obj.get("refusal")
     if refusal is not None and not isinstance(refusal, str):
         return None, "bad refusal"
+    subtype = obj.get("subtype")
+    if subtype is not None and not isinstance(subtype, str):
+        return None, "bad subtype"
     if prob is not None and refusal is None:
         kind = "answer"
     elif refusal is not None or (isinstance(status, int) and 400 <= status < 500):
@@ -90,7 +97,7 @@ def parse(line: str) -> tuple[dict | None, str | None]:
     return {"time": when, "kind": kind, "probability": None if prob is None else float(prob),
             "label": obj.get("label"), "refusal": refusal or ("unknown" if kind == "refusal" else None),
             "threshold": float(threshold) if is_probability(threshold) else None,
-            "model": obj.get("model"), "route": obj.get("route")}, None
+            "model": obj.get("model"), "route": obj.get("route"), "subtype": subtype}, None
 
 
 def is_probability(value) -> bool:

@@ -1,7 +1,8 @@
 """``model_card.json`` (and its Markdown): what a model is, how it was made and measured,
 and what it must not be used for. It travels with the model files into the store and to
 every server: the imaging config and the decision threshold are read from it, and from
-nowhere else, wherever the model runs.
+nowhere else, wherever the model runs; so is the subtype's threshold (``subtype``, version 2: a
+version-1 card has none, and its model serves without a subtype).
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr import SCREENING_NOTICE, SYNTHETIC_WARNING, UserError
+from cxr import SCREENING_NOTICE, SUBTYPE_NOTICE, SUBTYPE_POSITIVE, SYNTHETIC_WARNING, UserError
 from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import write_text
 from cxr.records import Fields, Format
+from cxr.records.card_markdown import CITATION, KERMANY_SUBTYPE, NO_SUBTYPE, THRESHOLD_METHODS, markdown
 from cxr.records.evaluation import Evaluation
 from cxr.records.train_summary import TrainSummary
 
-FORMAT = Format("cxr-model-card", 1, "the model card (model_card.json)", "re-export the model (dvc repro export)")
+FORMAT = Format("cxr-model-card", 2, "the model card (model_card.json)", "re-export the model (dvc repro export)",
+                oldest=1)
 JSON_NAME, MARKDOWN_NAME = "model_card.json", "model_card.md"
 
-CITATION = (
-    "Kermany, D., Zhang, K., Goldbaum, M. (2018). Large Dataset of Labeled Optical Coherence "
-    "Tomography (OCT) and Chest X-Ray Images. Mendeley Data, V2. doi:10.17632/rscbjbr9sj.2. "
-    "License: CC BY 4.0."
-)
 INTENDED_USE = (
     "Screening aid that flags pediatric chest X-rays (anterior-posterior, ages 1-5, as in the "
     "training data) likely to show pneumonia, for prioritised review by a clinician. "
@@ -40,21 +38,30 @@ LIMITATIONS = [
     "more fine detail): a model can learn the acquisition instead of the lungs. Training takes this "
     "cue away by class-conditional re-acquisition, and the counterfactual proxy below measures what "
     "is left; NORMAL images from a chain like the training PNEUMONIA ones may still be flagged.",
-    "Bacterial vs viral pneumonia are not distinguished; other findings are not detected.",
+    "Bacterial vs viral is a second screening aid, given only with a PNEUMONIA answer: its labels are the "
+    "data set's (read from its file names, not confirmed here), and its figures are on few films (see its "
+    "section). It does not replace clinical and laboratory assessment; other findings are not detected.",
     "Heavily re-compressed JPEGs and images with wide collimation borders raise false alarms (see the "
     "stress test table): send images at their original quality.",
 ]
-
-
-
-
-THRESHOLD_METHODS = {
-    "val": "chosen for the target recall on the validation split",
-    "val+counterfactual": "chosen for the target recall on the validation split and its counterfactual copies "
-                          "(each image given the other class's acquisition), so that the recall holds when the "
-                          "acquisition changes",
-}
 NOT_INTENDED_FOR = "Stand-alone diagnosis, adults, non-chest images, any use without clinician review."
+
+
+def subtype_section(evaluation: Evaluation, head: dict | None) -> dict:
+    """The card's ``subtype``: what the served subtype is, its threshold and how it was measured,
+    from metrics.json's ``subtype`` and the head's own record (``subtype.npz``'s header)."""
+    sub = evaluation.subtype
+    if sub is None or head is None:
+        return {"available": False, "reason": "no subtype figures in metrics.json or no subtype head: rerun the "
+                                              "train and evaluate stages"}
+    if not sub.available or not head.get("fitted"):
+        return {"available": False, "reason": sub.reason or head.get("reason")}
+    return {"available": True, "output": head.get("output"), "positive": SUBTYPE_POSITIVE,
+            "threshold": sub.threshold, "threshold_rule": sub.threshold_rule,
+            "figures": {"test": sub.test, "val": sub.val, "as_served": sub.as_served},
+            "fit": {k: head.get(k) for k in ("films", "views_per_film", "steps", "best_step", "val_auc",
+                                             "calibration", "config")},
+            "notice": SUBTYPE_NOTICE, "reference": KERMANY_SUBTYPE}
 
 
 def git_revision() -> dict:
@@ -83,6 +90,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)  # test, val and the diagnostics of metrics.json
     training_views: dict = field(default_factory=dict)
     monitoring: dict | None = None  # the validation probabilities a drift monitor compares against
+    subtype: dict | None = None  # subtype_section(); None in cards from before the subtype (cxr-model-card/1)
     params: dict = field(default_factory=dict)
     git: dict = field(default_factory=dict)
     parity: list = field(default_factory=list)
@@ -108,10 +116,27 @@ class ModelCard:
     def test_figures(self) -> dict:
         return self.metrics.get("test") or {}
 
+    @property
+    def subtype_threshold(self) -> float | None:
+        """The threshold on P(bacterial) the served subtype uses; None when the model has no subtype."""
+        sub = self.subtype or {}
+        return float(sub["threshold"]) if sub.get("available") and sub.get("threshold") is not None else None
+
+    @property
+    def no_subtype_reason(self) -> str | None:
+        """Why the model gives no subtype, in words for its answers; None when it gives one."""
+        if self.subtype is None:
+            return NO_SUBTYPE
+        if self.subtype_threshold is None:
+            return f"this model gives no bacterial/viral subtype: {self.subtype.get('reason')}"
+        return None
+
     @classmethod
     def build(cls, *, evaluation: Evaluation, summary: TrainSummary, source: dict, params: dict,
-              parity_checks: list[dict], files: dict, val_probabilities: list[float] | None = None) -> "ModelCard":
-        """The card of a freshly exported model, from the records of the stages that made it."""
+              parity_checks: list[dict], files: dict, val_probabilities: list[float] | None = None,
+              subtype_head: dict | None = None) -> "ModelCard":
+        """The card of a freshly exported model, from the records of the stages that made it
+        (``subtype_head``: :meth:`cxr.model.subtype.SubtypeHead.to_dict` of the head exported)."""
         synthetic = bool(source.get("synthetic", False))
         monitoring = None
         if val_probabilities is not None:
@@ -146,6 +171,7 @@ class ModelCard:
             training_views={"reacquire": summary.reacquire, "selected_on": summary.selected_on,
                             "shortcut_audit_views": summary.shortcut_audit_views},
             monitoring=monitoring,
+            subtype=subtype_section(evaluation, subtype_head),
             params=params,
             git=git_revision(),
             parity=parity_checks,
@@ -163,6 +189,7 @@ class ModelCard:
             "decision_threshold_basis": self.decision_threshold_basis,
             "data": {**self.data, "synthetic": self.synthetic},
             "metrics": self.metrics, "training_views": self.training_views, "monitoring": self.monitoring,
+            **({"subtype": self.subtype} if self.subtype is not None else {}),
             "params": self.params, "git": self.git, "parity": self.parity, "files": self.files,
         }
 
@@ -192,6 +219,7 @@ class ModelCard:
             metrics=f.mapping("metrics", optional=True) or {},
             training_views=f.mapping("training_views", optional=True) or {},
             monitoring=f.mapping("monitoring", optional=True),
+            subtype=_subtype_from(f),
             params=f.mapping("params", optional=True) or {}, git=f.mapping("git", optional=True) or {},
             parity=list(body.get("parity") or []), files=f.mapping("files", optional=True) or {},
             created=f.text("created", optional=True),
@@ -207,149 +235,15 @@ class ModelCard:
         return cls.from_dict(FORMAT.load(path), str(path))
 
     def markdown(self) -> str:
-        return _markdown(self.to_dict())
+        return markdown(self.to_dict())
 
 
-def _markdown(card: dict) -> str:
-    """The card for people; every section reads with what the card holds (older cards hold less)."""
-    data, model, git = card["data"], card["model"], card["git"]
-    t = card["metrics"].get("test") or {}
-    at_thr = t.get("at_threshold", {})
-    at_half = t.get("at_0.5", {})
-    lines = [f"# Model card: {card['name']}", ""]
-    if card.get("warning"):
-        lines += [f"> **{card['warning']}**", ""]
-    lines += [
-        f"> **{SCREENING_NOTICE}**",
-        "",
-        "## Intended use",
-        card["intended_use"],
-        "",
-        f"Not intended for: {card['not_intended_for']}",
-        "",
-        "## Decision threshold",
-        f"{card['decision_threshold']}: {card.get('decision_threshold_method') or THRESHOLD_METHODS['val']}, "
-        f"for recall {card['target_recall']}. Chosen without the test split, and reported on test unchanged.",
-        *(["", f"How: {card['decision_threshold_basis']['statement']}"]
-          if (card.get("decision_threshold_basis") or {}).get("statement") else []),
-        "",
-        "## Test-split metrics",
-        f"Test split: {data.get('test_split')}; ROC AUC {t.get('roc_auc')}, PR AUC {t.get('pr_auc')}, "
-        f"{t.get('images')} images.",
-        "",
-        "| at | accuracy | precision | recall | specificity | F1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in (("chosen threshold", at_thr), ("0.5", at_half)):
-        lines.append(
-            f"| {name} | {m.get('accuracy')} | {m.get('precision')} | {m.get('recall')} | {m.get('specificity')} | {m.get('f1')} |"
-        )
-    lines += [
-        "",
-        *_counterfactual_lines(card["metrics"].get("counterfactual")),
-        *_audit_lines(card["metrics"].get("shortcut_audit"), (card.get("training_views") or {}).get("shortcut_audit_views")),
-        *_served_lines(card["metrics"].get("served_vs_copy")),
-        *_stress_lines(card["metrics"].get("stress")),
-        *_ood_lines(card["metrics"].get("ood")),
-        "## Data",
-        f"Source: `{data.get('source')}`; dataset hash `{data.get('dataset_hash')}`.",
-        "",
-        f"Citation: {data.get('citation', CITATION)}",
-        "",
-        "## Model",
-        f"{model.get('architecture')}. Input: {model.get('input')}. Imaging: `{model['imaging']}`. "
-        f"Weights init: `{model.get('weights_init')}`. Calibration: `{model.get('calibration')}`.",
-        "",
-        "## Limitations",
-        *[f"- {item}" for item in card["limitations"]],
-        "",
-        "## Lineage",
-        f"Git commit `{git.get('commit')}` (dirty: {git.get('dirty')}); created {card.get('created')}.",
-        "",
-        "## Export parity",
-        *[f"- {p['format']}: max |Δp| {p['max_abs_diff']:.2e} on {p['images']} images (tolerance {p['tolerance']})"
-          for p in card["parity"]],
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _ood_lines(ood: dict | None) -> list[str]:
-    if not ood:
-        return []
-    xray, non = ood["xray"], ood["non_xray"]
-    lines = ["## Not a chest X-ray: refused",
-             "Uploads unlike the training X-rays (the model's embedding far from theirs, or image statistics no "
-             "radiograph has) are answered 422 with the reason, never labelled (cxr/model/ood.py). The threshold lets "
-             f"{ood.get('val_pass_rate_achieved')} of the validation X-rays and their re-acquired copies pass "
-             f"(target {ood.get('val_pass_rate')}). Measured on sets it was neither fitted nor tuned on: the test "
-             f"X-rays pass at {xray['pass_rate']} ({xray['passed']} of {xray['images']}); generated non-X-ray "
-             f"images (cxr/data/non_xray.py) are refused at {non['refusal_rate']} "
-             f"({non['refused']} of {non['images']}).",
-             "", "| family | images | refused |", "|---|---|---|"]
-    lines += [f"| {family} | {m['images']} | {m['refusal_rate']} |" for family, m in non["by_family"].items()]
-    perturbed = ood.get("xray_perturbed")
-    if perturbed:
-        lines += ["", f"Test X-rays as other chains would send them ({perturbed['images']} images, the stress test's "
-                  "perturbations), share passing: " + ", ".join(f"{k} {v}" for k, v in perturbed["pass_rate"].items())
-                  + "."]
-    return lines + [""]
-
-
-def _stress_lines(stress: dict | None) -> list[str]:
-    if not stress:
-        return []
-    lines = ["## Acquisition-shift stress test",
-             f"{stress['images']} test images re-sent as other X-ray chains would send them (cxr/shift/robustness.py), "
-             f"at the same threshold {stress['threshold']}. A validation-chosen threshold is known to lose "
-             "specificity on a new chain: read these before trusting the test figures elsewhere. Training "
-             "re-acquires its augmented views with the same family of changes; the held-out ones were never "
-             "trained on.", "",
-             "| perturbation | ROC AUC | recall | specificity | Δ specificity |", "|---|---|---|---|---|"]
-    for name, m in stress["perturbations"].items():
-        name = f"{name} (held out)" if name in stress.get("held_out", []) else name
-        lines.append(f"| {name} | {m['roc_auc']} | {m['recall']} | {m['specificity']} | {m['specificity_change']:+.4f} |")
-    return lines + [""]
-
-
-def _counterfactual_lines(cf: dict | None) -> list[str]:
-    if not cf:
-        return []
-    lines = ["## Counterfactual proxy: the class-conditional acquisition shift",
-             f"The {cf['images']} test images again, with one class's films re-acquired as the other class's "
-             f"chain would have made them (aspect of the film, fine detail: cxr/shift/acquisition.py), at the same "
-             f"threshold {cf['threshold']}. `normal_as_pneumonia` is the known shape of the official test split "
-             "(its NORMAL films were acquired like the training PNEUMONIA ones). A model that reads the lungs "
-             "keeps its figures here; one that reads the acquisition loses specificity. In-house proxy, not "
-             "the official split.", "",
-             "| variant | ROC AUC | recall | specificity | mean p(NORMAL) |", "|---|---|---|---|---|"]
-    for name, m in cf.items():
-        if isinstance(m, dict) and "roc_auc" in m:
-            lines.append(f"| {name} | {m['roc_auc']} | {m['recall']} | {m['specificity']} | "
-                         f"{m['mean_probability']['NORMAL']} |")
-    return lines + [""]
-
-
-def _audit_lines(audit: dict | None, views: dict | None) -> list[str]:
-    if not audit:
-        return []
-    lines = ["## Shortcut audit",
-             "How well acquisition features alone (aspect, detail, noise, exposure, borders; cxr/shift/shortcuts.py) "
-             "tell the labels, patient-grouped cross-validated ROC AUC (0.5 = nothing to learn):", ""]
-    lines += [f"- {split}: {audit[split]['cv_auc']}" for split in ("train", "val", "test") if split in audit]
-    if views:
-        lines += [f"- training images as acquired: {views.get('as_acquired', {}).get('cv_auc')}; "
-                  f"re-acquired training views: {(views.get('reacquired_views') or {}).get('cv_auc')}"]
-    follows = audit.get("model_follows_shortcut") or {}
-    lines += [f"- the model's test scores follow the shortcut within a class (Spearman): {follows}", ""]
-    return lines
-
-
-def _served_lines(served: dict | None) -> list[str]:
-    if not served or not served.get("images"):
-        return []
-    change = served["abs_change"]
-    return ["## Served versus evaluated",
-            f"{served['images']} full-size originals as the service preprocesses them, against the data set's "
-            f"224-px copies of the same films (another resize chain): |Δp| median {change['median']}, 90th "
-            f"percentile {change['p90']}, max {change['max']}; same label for {served['label_agreement']:.0%}.", ""]
+def _subtype_from(f: Fields) -> dict | None:
+    """The card's subtype section, checked where serving reads it (available, the threshold)."""
+    sub = f.mapping("subtype", optional=True)
+    if sub is None:
+        return None
+    g = Fields(sub, f"{f.origin} subtype", FORMAT)
+    if g.flag("available"):
+        g.number("threshold")
+    return sub

@@ -1,11 +1,12 @@
 """The service's audit trail and its operational Prometheus metrics.
 
-One JSON line (``cxr-audit/1``) per answered or refused image: for ``/predict``,
+One JSON line (``cxr-audit/2``) per answered or refused image: for ``/predict``,
 ``/predict_raw`` and ``/explain`` one line per request, for ``/predict_batch`` one line per
 image (``item`` 0, 1, ... under the same ``request_id``). The drift monitor
 (:func:`cxr.ops.drift.read_trail`) reads it back. A line says what the service answered and about
 what: the model tag, the input's sha256, byte count and sniffed format, the label, probability
-and threshold, or the refusal's reason code, the status and the handler's latency. Never the
+and threshold (and a PNEUMONIA answer's subtype with its P(bacterial)), or the refusal's reason
+code, the status and the handler's latency. Never the
 pixels, the bytes, a URL, a file name or anything else a client sent.
 
 Where the lines go is ``$CXR_AUDIT``: ``stdout`` (the default), ``off``, or
@@ -16,7 +17,8 @@ worker processes share the file: every line is one ``write`` under an ``fcntl`` 
 line is lost or torn by a rotation.
 
 Metrics (BentoML's ``/metrics``, prometheus_client in multiprocess mode across the workers):
-``cxr_answers_total{route,label}``, ``cxr_refusals_total{route,reason}``,
+``cxr_answers_total{route,label}``, ``cxr_subtypes_total{route,subtype}`` (PNEUMONIA answers by
+the subtype given; ``none`` when the model gives none), ``cxr_refusals_total{route,reason}``,
 ``cxr_server_errors_total{route}``, ``cxr_probability``, ``cxr_input_bytes`` and
 ``cxr_latency_seconds{route}``. They are counted whatever ``$CXR_AUDIT`` says.
 """
@@ -40,7 +42,7 @@ from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from cxr import UserError
+from cxr import POSITIVE_LABEL, UserError
 from cxr.records import audit_line
 from cxr.serve.decoding import RequestError, sniff
 
@@ -217,6 +219,8 @@ class Metrics:
 
         kw = {} if registry is None else {"registry": registry}
         self.answers = prom.Counter("cxr_answers", "Images answered, by route and label", ["route", "label"], **kw)
+        self.subtypes = prom.Counter("cxr_subtypes", "PNEUMONIA answers by the subtype given (none: the model gives "
+                                     "none)", ["route", "subtype"], **kw)
         self.refusals = prom.Counter("cxr_refusals", "Images refused, by route and reason code",
                                      ["route", "reason"], **kw)
         self.server_errors = prom.Counter("cxr_server_errors", "Images neither answered nor refused (server errors)",
@@ -233,6 +237,8 @@ class Metrics:
         if line["probability"] is not None:
             self.answers.labels(route, line["label"]).inc()
             self.probability.observe(line["probability"])
+            if line["label"] == POSITIVE_LABEL:
+                self.subtypes.labels(route, line.get("subtype") or "none").inc()
         elif line["refusal"] is not None:
             self.refusals.labels(route, line["refusal"]).inc()
         else:

@@ -1,5 +1,6 @@
-"""The explanation of one image: the Grad-CAM heatmap (:meth:`cxr.serve.serving.ServedModel.explain`,
-from the same LiteRT pass as the prediction) blended over the image the model saw, as a PNG,
+"""The explanation of one image: the Grad-CAM heatmap (:meth:`cxr.serve.serving.ServedModel.explain_all`,
+from the same LiteRT pass as the prediction) blended over the image the model saw, as a PNG (and,
+with a PNEUMONIA answer's subtype, the subtype head's own heatmap for the subtype it answered),
 and the lane that computes explanations without slowing ``/predict``."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import numpy as np
 from PIL import Image
 
+from cxr import SUBTYPES
 from cxr.serve.serving import ServedModel
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,24 @@ class BackgroundLane:
 
 def explanation(model: ServedModel, image: np.ndarray) -> dict:
     """Prediction (the same model file and forward pass as /predict) plus the Grad-CAM overlay
-    as a base64 PNG."""
-    cam, probability = model.explain(image)
-    return {
-        **model.answer(probability),
+    as a base64 PNG; with a subtype in the answer, the subtype head's Grad-CAM towards the subtype
+    answered (``subtype_heatmap_png_base64``)."""
+    from cxr.model.runtime import subtype_map
+
+    cam, probability, p_bacterial, subtype_cam = model.explain_all(image)
+    shows = ("the preprocessed image the model saw (grayscale, squashed to "
+             f"{model.imaging.image_size} px, intensity {model.imaging.intensity})")
+    out = {
+        **model.answer(probability, p_bacterial),
         "heatmap_png_base64": base64.b64encode(heatmap_png(image, cam)).decode("ascii"),
         "heatmap": {"method": "Grad-CAM (class activation map)", "layer": "out_relu",
                     # all zero: no region pushed the score towards PNEUMONIA (common for NORMAL answers)
-                    "empty": bool(np.max(cam) <= 0),
-                    "shows": "the preprocessed image the model saw (grayscale, squashed to "
-                             f"{model.imaging.image_size} px, intensity {model.imaging.intensity})"},
+                    "empty": bool(np.max(cam) <= 0), "shows": shows},
     }
+    subtype = out.get("subtype")
+    if subtype is not None and subtype_cam is not None:
+        towards = subtype_map(subtype_cam, image.shape[0], bacterial=subtype["label"] == SUBTYPES[0])
+        out["subtype_heatmap_png_base64"] = base64.b64encode(heatmap_png(image, towards)).decode("ascii")
+        out["subtype_heatmap"] = {"method": "Grad-CAM (class activation map) of the subtype head", "layer": "out_relu",
+                                  "towards": subtype["label"], "empty": bool(np.max(towards) <= 0), "shows": shows}
+    return out

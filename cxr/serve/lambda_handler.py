@@ -19,7 +19,9 @@ binary media):
 - ``GET .../metadata`` -> the model card.
 
 Answers: the same JSON as the BentoML service (label, probability, decision threshold,
-model tag, screening-aid notice), with the same 4xx statuses and messages for bad input.
+model tag, screening-aid notice; with a PNEUMONIA answer the bacterial/viral ``subtype``, and from a
+model exported before the subtype ``subtype_unavailable``), with the same 4xx statuses and
+messages for bad input.
 No URL fetching and no file paths: only the bytes in the event are read.
 """
 

@@ -3,7 +3,9 @@
 BentoML derives ``/docs.json`` from the API signatures, which cannot say that ``/predict``
 needs the file ``image`` (or a JSON ``url``), that every refusal is a JSON
 ``{"error", "status"}`` body with its own status code (400, 403, 408, 413, 415, 422, 429, 503),
-or that ``/predict_raw`` exists (it is a plain Starlette route). :func:`amend` adds exactly
+what an answer holds (``Prediction``: the label, its probability and threshold, and with a
+PNEUMONIA answer the bacterial/viral ``subtype``, or ``subtype_unavailable`` from a model without
+one), or that ``/predict_raw`` exists (it is a plain Starlette route). :func:`amend` adds exactly
 that to the generated document; :class:`OpenAPIContract` applies it to the ``/docs.json``
 response as ASGI middleware, so no BentoML internals are touched.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 
+from cxr import LABELS, SUBTYPES
 from cxr.serve.decoding import MAX_BATCH_IMAGES
 
 DOCS_PATH = "/docs.json"
@@ -36,6 +39,58 @@ ERROR_SCHEMA = {
         "detail": {"description": "Field-level details of a validation error"},
     },
 }
+PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+SUBTYPE_SCHEMA = {
+    "title": "Subtype",
+    "description": "Bacterial or viral, given only with a PNEUMONIA answer: a screening aid too, not a diagnosis",
+    "type": "object",
+    "required": ["label", "probability", "probability_bacterial", "threshold", "notice"],
+    "properties": {
+        "label": {"type": "string", "enum": list(SUBTYPES)},
+        "probability": {**PROBABILITY, "description": "P(label | pneumonia)"},
+        "probability_bacterial": {**PROBABILITY, "description": "P(bacterial | pneumonia)"},
+        "threshold": {**PROBABILITY, "description": "bacterial when probability_bacterial >= threshold"},
+        "notice": {"type": "string"},
+    },
+}
+PREDICTION_SCHEMA = {
+    "title": "Prediction",
+    "type": "object",
+    "required": ["label", "probability", "decision_threshold", "model_tag", "notice"],
+    "properties": {
+        "label": {"type": "string", "enum": list(LABELS)},
+        "probability": {**PROBABILITY, "description": "P(PNEUMONIA)"},
+        "decision_threshold": PROBABILITY,
+        "model_tag": {"type": "string"},
+        "notice": {"type": "string", "description": "Screening aid, not a diagnosis"},
+        "warning": {"type": "string", "description": "Present for a model trained on synthetic data"},
+        "subtype": {"$ref": "#/components/schemas/Subtype"},
+        "subtype_unavailable": {"type": "string", "description": "Why this model gives no subtype (a model exported "
+                                                                  "before it): present in every answer of such a model"},
+    },
+}
+EXPLANATION_SCHEMA = {"allOf": [{"$ref": "#/components/schemas/Prediction"}, {
+    "type": "object", "required": ["heatmap_png_base64", "heatmap"],
+    "properties": {"heatmap_png_base64": {"type": "string"}, "heatmap": {"type": "object"},
+                   "subtype_heatmap_png_base64": {"type": "string", "description": "With a subtype: the subtype "
+                                                  "head's Grad-CAM towards the subtype answered"},
+                   "subtype_heatmap": {"type": "object"}}}]}
+BATCH_SCHEMA = {
+    "type": "object", "required": ["results", "count", "failed", "model_tag", "notice"],
+    "properties": {
+        "results": {"type": "array", "items": {"anyOf": [
+            {"allOf": [{"$ref": "#/components/schemas/Prediction"},
+                       {"type": "object", "required": ["index"], "properties": {"index": {"type": "integer"}}}]},
+            {"type": "object", "required": ["index", "error", "status"],
+             "properties": {"index": {"type": "integer"}, "error": {"type": "string"}, "status": {"type": "integer"}}},
+        ]}},
+        "count": {"type": "integer"}, "failed": {"type": "integer"}, "model_tag": {"type": "string"},
+        "notice": {"type": "string"},
+    },
+}
+ANSWERS = {"/predict": {"$ref": "#/components/schemas/Prediction"},
+           "/predict_raw": {"$ref": "#/components/schemas/Prediction"},
+           "/explain": EXPLANATION_SCHEMA, "/predict_batch": BATCH_SCHEMA}
 IMAGE_FILE = {"type": "string", "format": "binary", "minLength": 1, "description": "A chest X-ray: JPEG, PNG or DICOM"}
 IMAGE_FORM = {"type": "object", "required": ["image"], "properties": {"image": IMAGE_FILE}}
 URL_JSON = {"type": "object", "required": ["url"], "additionalProperties": False,
@@ -72,7 +127,8 @@ def amend(spec: dict) -> dict:
     spec = copy.deepcopy(spec)
     paths = spec.setdefault("paths", {})
     paths.setdefault("/predict_raw", copy.deepcopy(PREDICT_RAW))
-    spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(Error=ERROR_SCHEMA, Prediction=PREDICTION_SCHEMA, Subtype=SUBTYPE_SCHEMA)
     ref = {"$ref": "#/components/schemas/Error"}
     error = {"application/json": {"schema": ref}}
     # BentoML's own field validation answers a list of errors (one per bad item of a list field)
@@ -85,6 +141,9 @@ def amend(spec: dict) -> dict:
             operation["requestBody"] = {"required": True, "content": {
                 media: {"schema": schema} for media, schema in REQUEST_BODIES[path].items()}}
         responses = operation.setdefault("responses", {})
+        if path in ANSWERS:
+            responses["200"] = {"description": "The answer (a screening aid, not a diagnosis)",
+                                "content": {"application/json": {"schema": copy.deepcopy(ANSWERS[path])}}}
         for status in [s for s in responses if s.startswith(("4", "5"))]:
             responses[status] = {"description": responses[status].get("description", ""), "content": error}
         for status, description in ERROR_STATUSES.items():

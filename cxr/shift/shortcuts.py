@@ -106,18 +106,36 @@ class Audit:
         return _auc(labels, self.score(feats))
 
 
-def within_class_reliance(model_scores: np.ndarray, shortcut_scores: np.ndarray, labels: np.ndarray) -> dict:
-    """Spearman correlation, within each class, of the model's score with the shortcut score.
-    Inside a class the label is fixed, so a model that reads the lungs has no reason to follow
-    the acquisition; a positive correlation is the shortcut being used."""
+def within_class_reliance(model_scores: np.ndarray, shortcut_scores: np.ndarray, labels: np.ndarray,
+                          names: tuple[str, str] = ("NORMAL", "PNEUMONIA")) -> dict:
+    """Spearman correlation, within each class (``names``: class 0, class 1), of the model's score
+    with the shortcut score. Inside a class the label is fixed, so a model that reads the lungs has
+    no reason to follow the acquisition; a positive correlation is the shortcut being used."""
     from scipy.stats import spearmanr
 
     out = {}
-    for cls, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+    for cls, name in enumerate(names):
         sel = labels == cls
         if sel.sum() < 3:
             out[name] = None
             continue
         rho = spearmanr(model_scores[sel], shortcut_scores[sel]).statistic
         out[name] = None if not np.isfinite(rho) else round(float(rho), 4)
+    return out
+
+
+def subtype_audit(feats: dict[str, np.ndarray], subtypes: dict[str, np.ndarray], groups: dict[str, np.ndarray],
+                  head_scores: np.ndarray) -> dict:
+    """The audit's subtype row: on the PNEUMONIA films of a known subtype of each split (``feats``,
+    ``subtypes`` 1 bacterial / 0 viral, patient ``groups``, per split name), how well acquisition
+    features alone tell bacterial from viral (patient-grouped cross-validated ROC AUC), the
+    train-fitted classifier on test, and whether the subtype head's test scores (``head_scores``,
+    P(bacterial)) follow that acquisition score within each subtype."""
+    out: dict = {name: cross_validated(feats[name], subtypes[name], groups[name]) for name in feats}
+    both = "train" in feats and "test" in feats and len(set(subtypes["train"].tolist())) == 2 and len(feats["test"])
+    if both:
+        audit = Audit(feats["train"], subtypes["train"])
+        out["train_fitted_on_test_auc"] = audit.transfer(feats["test"], subtypes["test"])
+        out["head_follows_shortcut"] = within_class_reliance(head_scores, audit.score(feats["test"]),
+                                                             subtypes["test"], names=("viral", "bacterial"))
     return out

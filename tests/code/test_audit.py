@@ -64,7 +64,8 @@ def test_answer_line_has_the_schema_and_no_image_bytes():
     data = png_bytes(np.full((40, 40), 7, "uint8"))
     rec = line(route="/predict", request_id="abc-1", model=TAG, data=data, answer=ANSWER, latency_ms=12.345)
     assert list(rec) == ["schema", "time", "request_id", "route", "item", "model", "input_sha256", "bytes", "format",
-                         "label", "probability", "threshold", "refusal", "status", "latency_ms"]
+                         "label", "probability", "threshold", "subtype", "subtype_probability", "refusal", "status",
+                         "latency_ms"]
     assert rec["schema"] == SCHEMA and rec["request_id"] == "abc-1" and rec["item"] is None
     assert rec["input_sha256"] == hashlib.sha256(data).hexdigest() and rec["bytes"] == len(data)
     assert rec["format"] == "png" and rec["status"] == 200 and rec["refusal"] is None
@@ -72,6 +73,30 @@ def test_answer_line_has_the_schema_and_no_image_bytes():
                                                                                       0.3931, 12.3)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", rec["time"])
     assert "notice" not in json.dumps(rec) and "model_tag" not in rec
+    assert (rec["subtype"], rec["subtype_probability"]) == (None, None)  # an answer without a subtype
+
+
+def test_a_pneumonia_answers_subtype_is_on_its_line_and_counted_by_subtype():
+    import prometheus_client
+
+    from cxr.records.audit_line import parse
+    from cxr.serve.audit import Metrics
+
+    sub = {"label": "viral", "probability": 0.8, "probability_bacterial": 0.2, "threshold": 0.55, "notice": "..."}
+    rec = line(route="/predict", request_id="s", model=TAG, data=b"x" * 10, answer={**ANSWER, "subtype": sub})
+    assert rec["schema"] == "cxr-audit/2" and (rec["subtype"], rec["subtype_probability"]) == ("viral", 0.2)
+    assert "notice" not in json.dumps(rec)
+    parsed, why = parse(json.dumps(rec))
+    assert why is None and parsed["subtype"] == "viral"
+    old = {k: v for k, v in rec.items() if not k.startswith("subtype")} | {"schema": "cxr-audit/1"}
+    assert parse(json.dumps(old)) == ({**parsed, "subtype": None}, None)  # a line from before still reads
+    registry = prometheus_client.CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.count(rec)
+    metrics.count(line(route="/predict", request_id="t", model=TAG, answer=ANSWER))  # a model without a subtype
+    metrics.count(line(route="/predict", request_id="u", model=TAG, answer={**ANSWER, "label": "NORMAL"}))
+    value = lambda kind: registry.get_sample_value("cxr_subtypes_total", {"route": "/predict", "subtype": kind})  # noqa: E731
+    assert (value("viral"), value("none"), value("bacterial")) == (1.0, 1.0, None)
 
 
 def test_refusal_line():

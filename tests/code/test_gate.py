@@ -161,3 +161,61 @@ def test_a_failed_floor_says_what_happened_in_images_and_what_to_do():
     champion = decide(dataclasses.replace(metrics(spec=0.7), confusion=None), CFG, metrics(spec=0.9), "cxr:old")
     assert "cxr:old keeps serving" in champion["advice"] and "images" not in champion["reason"]
     assert decide(metrics(), CFG)["advice"] is None
+
+
+SUB_CFG = dataclasses.replace(CFG, subtype_floors={"min_roc_auc": 0.85, "min_accuracy": 0.75})
+
+
+def with_subtype(figures, auc=0.9, accuracy=0.8):
+    return dataclasses.replace(figures, subtype_roc_auc=auc, subtype_accuracy=accuracy, subtype_threshold=0.5,
+                               subtype_films=40)
+
+
+def test_subtype_floors_are_enforced_on_real_data():
+    ok = decide(with_subtype(metrics()), SUB_CFG)
+    assert ok["passed"] and [c["kind"] for c in ok["checks"]][-2:] == ["subtype floor"] * 2
+    assert "subtype judged on 40 test PNEUMONIA films, enforced" in ok["reason"]
+    low = decide(with_subtype(metrics(), auc=0.8), SUB_CFG)
+    assert not low["passed"] and failed(low) == ["subtype ROC AUC"] and "subtype ROC AUC 0.8000" in low["reason"]
+
+
+def test_subtype_floors_are_reported_not_enforced_on_synthetic_data():
+    verdict = decide(with_subtype(metrics(synthetic=True), auc=0.6, accuracy=0.5), SUB_CFG)
+    assert verdict["passed"] and verdict["enforced"]  # the screening floors still decide
+    assert failed(verdict) == ["subtype ROC AUC", "subtype accuracy"]  # recorded as failing, not enforced
+    assert all(c.get("enforced") is False for c in verdict["checks"] if c["kind"].startswith("subtype"))
+    assert "reported, not enforced" in verdict["reason"] and "subtype ROC AUC, subtype accuracy would fail" in \
+        verdict["reason"]
+    assert "fail (reported, not enforced)" in verdict_markdown(verdict)
+    strict = dataclasses.replace(SUB_CFG, subtype_on_synthetic="enforce")
+    assert not decide(with_subtype(metrics(synthetic=True), auc=0.6), strict)["passed"]
+
+
+def test_a_model_without_subtype_figures_is_judged_on_screening_alone_and_told_so():
+    verdict = decide(metrics(), SUB_CFG, with_subtype(metrics()), "cxr-pneumonia:new")
+    assert verdict["passed"] and not any(c["kind"].startswith("subtype") for c in verdict["checks"])
+    assert "no subtype figures" in verdict["subtype"] and "screening figures only" in verdict["reason"]
+    assert "Bacterial or viral: no subtype figures" in verdict_markdown(verdict)
+
+
+def test_no_subtype_regression_against_a_champion_that_has_one_on_the_same_split():
+    champion = with_subtype(metrics(), auc=0.95)
+    worse = decide(with_subtype(metrics(), auc=0.93), SUB_CFG, champion, "cxr-pneumonia:old")
+    assert not worse["passed"] and failed(worse) == ["subtype ROC AUC vs champion"]
+    assert "is worse than the champion" in worse["advice"]
+    assert decide(with_subtype(metrics(), auc=0.945), SUB_CFG, champion, "cxr-pneumonia:old")["passed"]
+    old_champion = decide(with_subtype(metrics(), auc=0.9), SUB_CFG, metrics(), "cxr-pneumonia:old")
+    assert old_champion["passed"] and "the champion has no subtype figures" in old_champion["subtype"]
+    elsewhere = decide(with_subtype(metrics(), auc=0.9), SUB_CFG, dataclasses.replace(champion, test_split_hash="b"),
+                       "cxr-pneumonia:old")
+    assert not any(c["check"] == "subtype ROC AUC vs champion" for c in elsewhere["checks"])
+
+
+def test_subtype_gate_params():
+    base = {"min_recall": 0.9, "min_specificity": 0.8, "min_roc_auc": 0.9, "max_regression": 0.01}
+    cfg = GateConfig.from_params({**base, "subtype_floors": {"min_roc_auc": 0.8, "min_accuracy": 0.7}})
+    assert cfg.subtype_floors == {"min_roc_auc": 0.8, "min_accuracy": 0.7} and cfg.subtype_on_synthetic == "report"
+    with pytest.raises(UserError, match="gate.subtype_floors"):
+        GateConfig.from_params({**base, "subtype_floors": {"min_roc_auc": 0.8}})
+    with pytest.raises(UserError, match="gate.subtype_on_synthetic"):
+        GateConfig.from_params({**base, "subtype_on_synthetic": "refuse"})

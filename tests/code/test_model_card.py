@@ -25,6 +25,19 @@ def metrics(**extra):
             **extra}
 
 
+def subtype_metrics(threshold=0.6):
+    """metrics.json's ``subtype`` section as evaluate writes it."""
+    figures = {"films": 40, "bacterial": 26, "viral": 14, "roc_auc": 0.91, "accuracy": 0.85, "sensitivity": 0.88,
+               "specificity": 0.79, "confusion": {"tp": 23, "fp": 3, "tn": 11, "fn": 3}}
+    return {"available": True, "positive": "bacterial", "threshold": threshold,
+            "threshold_rule": {"value": threshold, "rule": "youden", "statement": f"{threshold}, maximising Youden's J."},
+            "test": figures, "val": {**figures, "films": 20}, "as_served": {**figures, "films": 39}}
+
+
+HEAD = {"fitted": True, "output": "P(bacterial | pneumonia)", "films": {"train": {"bacterial": 90, "viral": 50}},
+        "views_per_film": 3, "steps": 120, "best_step": 60, "val_auc": 0.93, "calibration": {"method": "platt"}}
+
+
 SUMMARY = {"imaging": {"image_size": 224, "intensity": "none"}, "weights": None, "calibration": {"method": "none"},
            "wall_time_s": 1.0, "architecture": {"backbone": "small_cnn", "description": "a small CNN"}}
 
@@ -67,3 +80,20 @@ def test_card_carries_the_drift_reference_and_reads_back_unchanged(tmp_path):
     back = ModelCard.read(tmp_path)
     assert back == c and back.to_dict() == c.to_dict()
     assert (tmp_path / "model_card.md").read_text() == c.markdown()
+
+
+def test_card_carries_the_subtype_its_threshold_and_the_notice():
+    from cxr import SUBTYPE_NOTICE
+
+    c = card(metrics(subtype=subtype_metrics()), subtype_head=HEAD)
+    assert c.subtype["available"] and c.subtype_threshold == 0.6 and c.no_subtype_reason is None
+    assert c.subtype["fit"]["views_per_film"] == 3 and c.subtype["notice"] == SUBTYPE_NOTICE
+    md = c.markdown()
+    assert "## Bacterial or viral: a second screening aid, given with a PNEUMONIA answer only" in md
+    assert "On the 40 test PNEUMONIA films" in md and "ROC AUC 0.91" in md and SUBTYPE_NOTICE in md
+    assert "Kermany et al. (2018) report ROC AUC 0.940" in md
+    # A model trained on data that names no subtype: a card that says so, and no threshold to serve.
+    none = card(metrics(subtype={"available": False, "reason": "too few films of a known subtype"}),
+                subtype_head={"fitted": False, "reason": "too few films of a known subtype"})
+    assert none.subtype_threshold is None and "too few films" in none.no_subtype_reason
+    assert "None: too few films" in none.markdown()

@@ -17,6 +17,7 @@ from PIL import Image
 from cxr import SCREENING_NOTICE, UserError
 from cxr.imaging.preprocess import ImagingConfig
 from cxr.imaging.primitives import MAX_BYTES
+from cxr.records import model_card
 from cxr.serve.decoding import RequestError, UrlPolicy, decode, fetch_url, sniff
 from cxr.serve.explain import heatmap_png
 from cxr.serve.serving import ServedModel, prediction
@@ -209,7 +210,7 @@ def test_load_takes_imaging_and_threshold_from_the_card(promoted_model):
     assert model.imaging == ImagingConfig(promoted_model["image_size"], "equalize")
     assert model.threshold == promoted_model["threshold"]
     card = json.loads((promoted_model["export_dir"] / "model_card.json").read_text())  # the file as written
-    assert model.model_card()["card"]["name"] == card["name"] and card["schema"] == "cxr-model-card/1"
+    assert model.model_card()["card"]["name"] == card["name"] and card["schema"] == model_card.FORMAT.tag
     probs = model.probabilities(np.stack([decode(png(image(seed=s)), model.imaging) for s in range(3)]))
     assert probs.shape == (3,) and np.all((probs >= 0) & (probs <= 1))
 

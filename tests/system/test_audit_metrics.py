@@ -26,7 +26,7 @@ import requests
 
 from cxr.ops.drift import read_trail, trail_files
 from tests.conftest import REPO, serving_env, start_server
-from tests.serving_fixtures import jpeg_bytes, png_bytes
+from tests.serving_fixtures import blob_images, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -108,13 +108,16 @@ def test_every_image_route_answered_and_refused(audited, promoted_model):
         assert resp.status_code == status, (route, resp.text[:300])
         assert resp.headers["X-Request-ID"] == request_id
         [rec] = audited.by_id(request_id)
-        assert (rec["schema"], rec["route"], rec["item"], rec["model"]) == ("cxr-audit/1", f"/{route}", None, tag)
+        assert (rec["schema"], rec["route"], rec["item"], rec["model"]) == ("cxr-audit/2", f"/{route}", None, tag)
         assert (rec["status"], rec["refusal"], rec["format"]) == (status, refusal, fmt), (route, rec)
         assert isinstance(rec["latency_ms"], float) and rec["latency_ms"] >= 0
         if status == 200:
             body = resp.json()
             assert rec["label"] == body["label"] and rec["probability"] == pytest.approx(body["probability"])
             assert rec["threshold"] == pytest.approx(threshold)
+            subtype = body.get("subtype") or {}  # a PNEUMONIA answer's subtype is on its line, a NORMAL one's none
+            assert (rec["subtype"], rec["subtype_probability"]) == (subtype.get("label"),
+                                                                    subtype.get("probability_bacterial"))
             assert re.fullmatch(r"[0-9a-f]{64}", rec["input_sha256"]) and rec["bytes"] in (len(png), len(jpg))
         else:
             assert rec["label"] is None and rec["probability"] is None
@@ -178,7 +181,8 @@ def test_no_image_bytes_file_names_or_urls_in_the_trail(audited):
         assert fragment not in text
     keys = {key for rec in audited.lines() for key in rec}
     assert keys == {"schema", "time", "request_id", "route", "item", "model", "input_sha256", "bytes", "format",
-                    "label", "probability", "threshold", "refusal", "status", "latency_ms"}
+                    "label", "probability", "threshold", "subtype", "subtype_probability", "refusal", "status",
+                    "latency_ms"}
 
 
 # ----------------------------------------------------------------- rotation by both workers
@@ -237,7 +241,9 @@ def scrape(url: str) -> dict:
 
 def test_metrics_count_what_the_trail_says_across_both_workers(audited):
     png = png_bytes(xray(5))
+    flagged = png_bytes(blob_images(2, 128, seed=3)[0][1])  # a bright square: what the tiny model calls PNEUMONIA
     for route, kw in [("predict", {"files": files(("x.png", png))}), ("predict", {"files": files(("x.png", b"?"))}),
+                      ("predict", {"files": files(("f.png", flagged))}), ("predict_raw", {"data": flagged}),
                       ("explain", {"files": files(("x.png", png))}), ("predict_raw", {"data": b"\xff\xd8\xff"}),
                       ("predict_batch", {"files": files(("x.png", png), ("y.png", b""), field="images")})]:
         assert audited.post(route, lines=2 if route == "predict_batch" else 1, **kw).status_code in (200, 400, 415, 422)
@@ -251,6 +257,11 @@ def test_metrics_count_what_the_trail_says_across_both_workers(audited):
     refusals = Counter((r["route"], r["refusal"]) for r in lines if r["refusal"] is not None)
     requests_by_route = Counter(route for route, _ in {(r["route"], r["request_id"]) for r in lines})
     assert answers and refusals and len(requests_by_route) == 4
+    subtypes = Counter((r["route"], r["subtype"] or "none") for r in lines if r["label"] == "PNEUMONIA")
+    assert subtypes and all(kind != "none" for _, kind in subtypes)  # this model gives one with every PNEUMONIA
+    for (route, kind), n in subtypes.items():
+        assert got("cxr_subtypes_total", route=route, subtype=kind) == n, (route, kind)
+    assert sum(v for (name, _), v in samples.items() if name == "cxr_subtypes_total") == sum(subtypes.values())
     for (route, label), n in answers.items():
         assert got("cxr_answers_total", route=route, label=label) == n, (route, label)
     for (route, reason), n in refusals.items():

@@ -89,3 +89,33 @@ def test_page_shows_the_services_error_for_a_bad_file(browser, service, tmp_path
     assert "not a JPEG or PNG" in page.locator("#error").inner_text()
     assert page.locator("#result").is_hidden()
     page.close()
+
+
+def test_page_shows_the_subtype_with_a_pneumonia_answer_and_none_with_a_normal_one(browser, service, tmp_path):
+    from cxr import SUBTYPE_NOTICE
+    from tests.serving_fixtures import blob_images
+
+    images, labels = blob_images(2, 160, seed=3)  # label 1: a bright square (PNEUMONIA), 0: noise (NORMAL)
+    page = browser.new_page(viewport={"width": 1100, "height": 1300})
+    page.goto(f"{service.url}/ui/")
+    seen = {}
+    for image, label in zip(images, labels):
+        path = tmp_path / f"blob{label}.png"
+        path.write_bytes(png_bytes(image))
+        page.evaluate("document.getElementById('result').hidden = true")
+        page.set_input_files("#file", str(path))
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        verdict = page.locator("#verdict").inner_text()
+        seen[verdict] = True
+        assert page.locator("#subtype").is_visible() == (verdict == "PNEUMONIA")
+        assert page.locator("#subtype-unavailable").is_hidden()
+        if verdict == "PNEUMONIA":
+            assert page.locator("#subtype-label").inner_text() in ("Bacterial", "Viral")
+            assert page.locator("#subtype-notice").inner_text() == SUBTYPE_NOTICE
+            natural = page.eval_on_selector("#subtype-heatmap", "img => img.complete ? img.naturalWidth : 0")
+            assert natural > 0, "the subtype heatmap did not load"
+            page.screenshot(path=str(Path(os.environ.get("CXR_SCREENSHOT_SUBTYPE", tmp_path / "ui-subtype.png"))),
+                            full_page=True)
+    assert seen == {"PNEUMONIA": True, "NORMAL": True}
+    page.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr.records import evaluation, model_card
 from tests.shared_paths import REPO
 from tests.system.prefect_server import flow_runs, prefect_api  # noqa: F401 - the server fixture
 
@@ -121,7 +122,7 @@ def test_full_repro_then_noop_then_one_param(project):
     assert "not a diagnosis" in card["intended_use"]
     assert card["parity"][0]["passed"] is True
     metrics = json.loads((project / "metrics.json").read_text())
-    assert (card["schema"], metrics["schema"]) == ("cxr-model-card/1", "cxr-metrics/1")
+    assert (card["schema"], metrics["schema"]) == (model_card.FORMAT.tag, evaluation.FORMAT.tag)
     assert len(card["monitoring"]["val_probabilities"]) == metrics["val"]["images"]  # the drift reference
     ood = metrics["ood"]  # the not-a-chest-X-ray refusal, on sets it was neither fitted nor tuned on
     assert ood["xray"]["pass_rate"] >= 0.95 and ood["non_xray"]["refusal_rate"] >= 0.9, ood
