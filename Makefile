@@ -42,7 +42,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.8
-	$(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode -q requirements.lock
+	$(BIN)/uv pip sync --python $(BIN)/python -q requirements.lock
 	touch $@
 
 lock: $(VENV)/.installed
