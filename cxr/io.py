@@ -91,3 +91,39 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: list[st
 def read_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def write_npz_with_header(path: str | os.PathLike, header: dict, arrays: dict) -> Path:
+    """One ``.npz``: ``arrays`` and ``header`` as JSON (sorted keys) in a uint8 array, written atomically."""
+    import numpy as np
+
+    path = Path(path)
+    encoded = np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
+            np.savez(fh, header=encoded, **arrays)
+    return path
+
+
+def read_npz_with_header(path: str | os.PathLike, names, what: str, fmt: str) -> tuple[dict, dict]:
+    """(header, arrays ``names``) of a file :func:`write_npz_with_header` wrote, its header's
+    ``format`` being ``fmt``. ``what`` names the file in the :class:`cxr.UserError` for a missing,
+    corrupt or foreign file ("subtype head", ...)."""
+    import zipfile
+
+    import numpy as np
+
+    from cxr import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found: run the stage that fits it (dvc repro train)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(npz["header"].tobytes().decode())
+            arrays = {name: np.asarray(npz[name]) for name in names}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is corrupt ({type(exc).__name__}: {exc}): refit it") from None
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        raise UserError(f"{path} is not a {what} file (no '{fmt}' header)")
+    return header, arrays

@@ -27,10 +27,8 @@ scikit-learn is imported by :func:`fit` alone.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -38,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from cxr import UserError, params
-from cxr.io import atomic_path
+from cxr.io import read_npz_with_header, write_npz_with_header
 
 FORMAT = "cxr-ood-detector"
 FILE_NAME = "ood.npz"  # in an export folder, beside the model whose embedding it reads
@@ -274,30 +272,14 @@ class OodDetector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.npz``: float32 arrays and the JSON header, written atomically."""
-        path = Path(path)
-        header = np.frombuffer(json.dumps(self.to_dict(), sort_keys=True).encode(), np.uint8)
-        arrays = {name: getattr(self, name).astype(np.float32) for name in _ARRAYS}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
-                np.savez(fh, header=header, **arrays)
-        return path
+        return write_npz_with_header(path, self.to_dict(),
+                                     {name: getattr(self, name).astype(np.float32) for name in _ARRAYS})
 
 
 def load(path: str | os.PathLike) -> OodDetector:
     """A detector saved by :meth:`OodDetector.save`; :class:`UserError` when missing, corrupt or of
     another format version."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"not-a-chest-X-ray detector {path} not found: run the stage that fits it")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(npz["header"].tobytes().decode())
-            arrays = {name: npz[name] for name in _ARRAYS}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise UserError(f"not-a-chest-X-ray detector {path} is corrupt ({type(exc).__name__}: {exc}): "
-                        f"refit it") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise UserError(f"{path} is not a not-a-chest-X-ray detector file (no '{FORMAT}' header)")
+    header, arrays = read_npz_with_header(path, _ARRAYS, "not-a-chest-X-ray detector", FORMAT)
     if header.get("version") != FORMAT_VERSION:
         raise UserError(f"not-a-chest-X-ray detector {path} has format version {header.get('version')!r}; this "
                         f"code reads version {FORMAT_VERSION}: refit it")

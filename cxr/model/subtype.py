@@ -14,16 +14,14 @@ Fitted by :mod:`cxr.model.subtype_fit`. Scoring, saving and loading here are num
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cxr import SUBTYPE_POSITIVE, UserError, params
-from cxr.io import atomic_path
+from cxr.io import read_npz_with_header, write_npz_with_header
 
 FORMAT = "cxr-subtype-head"
 FILE_NAME = "subtype.npz"  # in an export folder, beside the model whose embedding it reads
@@ -122,13 +120,8 @@ class SubtypeHead:
 
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.npz`` (the float32 kernel and the JSON header), written atomically."""
-        path = Path(path)
-        header = np.frombuffer(json.dumps(self.to_dict(), sort_keys=True).encode(), np.uint8)
         kernel = np.zeros(0, np.float32) if self.kernel is None else self.kernel.astype(np.float32)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
-                np.savez(fh, header=header, kernel=kernel)
-        return path
+        return write_npz_with_header(path, self.to_dict(), {"kernel": kernel})
 
 
 HEADER_KEYS = ("format", "version", "fitted", "positive", "output", "embedding_dim", "bias")
@@ -137,17 +130,8 @@ HEADER_KEYS = ("format", "version", "fitted", "positive", "output", "embedding_d
 def load(path: str | os.PathLike) -> SubtypeHead:
     """A head saved by :meth:`SubtypeHead.save`; :class:`UserError` when missing, corrupt or of
     another format version."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"subtype head {path} not found: run the stage that fits it (dvc repro train)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(npz["header"].tobytes().decode())
-            kernel = np.asarray(npz["kernel"])
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise UserError(f"subtype head {path} is corrupt ({type(exc).__name__}: {exc}): refit it") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise UserError(f"{path} is not a subtype head file (no '{FORMAT}' header)")
+    header, arrays = read_npz_with_header(path, ("kernel",), "subtype head", FORMAT)
+    kernel = arrays["kernel"]
     if header.get("version") != FORMAT_VERSION:
         raise UserError(f"subtype head {path} has format version {header.get('version')!r}; this code reads "
                         f"version {FORMAT_VERSION}: refit it (dvc repro train)")
