@@ -105,3 +105,21 @@ def test_serving_rounds_combine_to_medians():
     assert out["levels"][32]["errors"] == 1 and out["levels"][32]["requests"] == 30
     assert out["per_round_images_per_s"][32] == [60.0, 90.0, 70.0]
     assert out["rounds"] == 3 and out["rss_after"] == 200
+
+
+def test_seed_study_judges_each_run_by_the_projects_rule_and_floors():
+    """A run whose threshold lets a NORMAL film through the floor fails; margins are figure - floor."""
+    from bench.seed_study import judge, table
+
+    rule = {"target_recall": 0.9, "threshold_rule": "empirical", "threshold_confidence": 0.95}
+    floors = {"min_recall": 0.9, "min_specificity": 0.6, "min_roc_auc": 0.9}
+    val = {"labels": [0] * 10 + [1] * 10, "p": [0.1] * 10 + [0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]}
+    good = {"path": "default", "seed": 1, "train_s": 1.0, "val": val,
+            "test": {"labels": [0] * 5 + [1] * 5, "p": [0.1, 0.1, 0.1, 0.2, 0.3, 0.8, 0.9, 0.9, 0.9, 0.9]}}
+    bad = {**good, "seed": 2, "path": "one-core",
+           "test": {"labels": [0] * 5 + [1] * 5, "p": [0.9, 0.9, 0.9, 0.1, 0.1, 0.8, 0.9, 0.9, 0.9, 0.9]}}
+    g, b = judge(good, rule, floors), judge(bad, rule, floors)
+    assert g["passed"] and g["margins"]["specificity"] == 0.4 and g["threshold"] == b["threshold"]
+    assert not b["passed"] and b["specificity"] == 0.4 and b["margins"]["specificity"] == -0.2
+    md = table([g, b], floors)
+    assert "| default | 1 | 1 |" in md and "| one-core | 1 | 0 |" in md
