@@ -40,7 +40,7 @@ def store(tmp_path, monkeypatch):
 def export_dir(tmp_path, name: str, auc: float, spec: float, split: str = "split-a"):
     out = tmp_path / name
     out.mkdir()
-    for f in ("model.keras", "model.tflite", "ood.npz"):  # ood.npz: hashed and copied when present
+    for f in ("model.keras", "model.tflite", "ood.npz", "subtype.npz"):  # the optional two: hashed and copied when present
         (out / f).write_bytes(os.urandom(256))
     card = {
         "schema": "cxr-model-card/1", "name": "cxr-pneumonia-mobilenetv2",
@@ -172,6 +172,11 @@ def test_file_hashes_are_recorded_and_verified(store, tmp_path):
         registry.verify(tag)
     with pytest.raises(UserError, match="not in the BentoML store"):
         registry.verify("cxr-pneumonia:gone1234")
+    # An export from before the subtype head: promoted, hashed without it, verified.
+    older = export_dir(tmp_path, "b", 0.98, 0.85)
+    os.unlink(older / "subtype.npz")
+    hashed = registry.verify(registry.promote(older, {"passed": True})).info.metadata["files_sha256"]
+    assert "subtype.npz" not in hashed and "ood.npz" in hashed
 
 
 def test_promotion_refuses_an_export_changed_after_the_gate_scored_it(store, tmp_path):
