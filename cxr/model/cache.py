@@ -60,67 +60,46 @@ class BackboneCache:
                                                      dtype=np.float32))
 
 
-class ViewBatches:
-    """Keras PyDataset over cached activations: one random view of each image per epoch."""
+def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool):
+    """Keras PyDataset over cached activations ``[N, V, ...]``, reshuffled each epoch. Unpaired: one
+    random view of each image. Paired (the consistency loss): the image as acquired (view 0) beside
+    one random other view of it, targets (label, label, 0 gap)."""
+    import keras
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.labels = labels.astype(np.float32)
+            self.rng = np.random.default_rng(seed)
+            self.on_epoch_end()
 
-        class Batches(keras.utils.PyDataset):
-            def __init__(self, acts, labels, weights, batch_size, seed):
-                super().__init__()
-                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
-                self.batch_size = batch_size
-                self.rng = np.random.default_rng(seed)
-                self.on_epoch_end()
+        def __len__(self):
+            return (len(self.labels) + batch_size - 1) // batch_size
 
-            def __len__(self):
-                return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        def on_epoch_end(self):
+            n, views = acts.shape[:2]
+            self.order = self.rng.permutation(n)
+            self.view = self.rng.integers(1 if paired else 0, views, size=n)
 
-            def on_epoch_end(self):
-                n, views = self.acts.shape[:2]
-                self.order = self.rng.permutation(n)
-                self.view = self.rng.integers(0, views, size=n)
+        def __getitem__(self, idx):
+            sel = self.order[idx * batch_size : (idx + 1) * batch_size]
+            other = acts[sel, self.view[sel]].astype(np.float32)
+            y, w = self.labels[sel], weights[sel]
+            if not paired:
+                return other, y, w
+            return (acts[sel, 0].astype(np.float32), other), (y, y, np.zeros_like(y)), (w, w, w)
 
-            def __getitem__(self, idx):
-                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
-                x = self.acts[sel, self.view[sel]].astype(np.float32)
-                return x, self.labels[sel], self.weights[sel]
-
-        return Batches(*args, **kwargs)
+    return Batches()
 
 
-class PairBatches:
-    """Keras PyDataset over cached activations for the consistency loss: each image as acquired
-    (view 0) beside one random other view of it; targets (label, label, 0 gap)."""
+def ViewBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
+    """One random view of each image per epoch."""
+    return _cached_batches(acts, labels, weights, batch_size, seed, paired=False)
 
-    def __new__(cls, *args, **kwargs):
-        import keras
 
-        class Pairs(keras.utils.PyDataset):
-            def __init__(self, acts, labels, weights, batch_size, seed):
-                super().__init__()
-                self.acts, self.labels, self.weights = acts, labels.astype(np.float32), weights
-                self.batch_size = batch_size
-                self.rng = np.random.default_rng(seed)
-                self.on_epoch_end()
-
-            def __len__(self):
-                return (len(self.labels) + self.batch_size - 1) // self.batch_size
-
-            def on_epoch_end(self):
-                n, views = self.acts.shape[:2]
-                self.order = self.rng.permutation(n)
-                self.view = self.rng.integers(1, views, size=n)
-
-            def __getitem__(self, idx):
-                sel = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
-                a = self.acts[sel, 0].astype(np.float32)
-                b = self.acts[sel, self.view[sel]].astype(np.float32)
-                y, w = self.labels[sel], self.weights[sel]
-                return (a, b), (y, y, np.zeros_like(y)), (w, w, w)
-
-        return Pairs(*args, **kwargs)
+def PairBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
+    """Each image as acquired beside one random other view of it (the consistency loss)."""
+    return _cached_batches(acts, labels, weights, batch_size, seed, paired=True)
 
 
 def paired_top(top, weight: float, learning_rate: float, label_smoothing: float):
