@@ -33,6 +33,14 @@ log = logging.getLogger("train")
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 
 
+def architecture(arch: Architecture, members: int) -> dict:
+    """What the card says the network is; with members, that one frozen bottom feeds their tops."""
+    if members == 1:
+        return {**arch.to_dict(), "description": arch.describe()}
+    return {**arch.to_dict(), "members": members,
+            "description": f"{arch.describe()}: {members} tops trained on one frozen bottom, their logits averaged"}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = cli.paths(argv, "train", prepared="the prepared splits", raw="the downloaded data set (re-acquired views)",
                   model="the model file to write", reports="the folder for history.csv and summary.json",
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
-    history, facts, cache = train(model, train_split, selection, cfg, view_sources)
+    model, history, facts, cache = train(model, train_split, selection, cfg, view_sources)
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                                              "val_auc", "calibration") if head.get(k) is not None}
     facts["peak_rss_mib"] = peak_rss_mib()
     summary = TrainSummary(
-        imaging=imaging, architecture={**arch.to_dict(), "description": arch.describe()},
+        imaging=imaging, architecture=architecture(arch, facts.get("members", 1)),
         weights=weights_fingerprint(weights), calibration=facts.pop("calibration"),
         wall_time_s=round(time.time() - started, 1), selected_on=cfg.select_on,
         reacquire={**cfg.reacquire.to_dict(), "views": len(view_sources or []), "clean_view": cfg.clean_view},

@@ -215,6 +215,44 @@ def split_at(model, layer_name: str):
     return bottom, top
 
 
+def ensemble(model, cut: str, member_weights: list[dict[str, list[np.ndarray]]]):
+    """One model whose logit is the mean of several trained tops on ``model``'s shared bottom.
+
+    ``member_weights`` holds, per member, the weights of the layers from ``cut`` to ``logit`` by
+    layer name (what :func:`split_at`'s top held after that member was trained). Each member's
+    top up to ``out_relu`` becomes a nested model on the bottom's output; their maps are
+    concatenated into one ``out_relu``, pooled into one ``pooled`` embedding, and one ``logit``
+    Dense holds the members' kernels side by side, divided by their number. The logit is then
+    exactly the mean of the members' logits, and everything that reads ``out_relu``, ``pooled``
+    and ``logit`` (calibration, the activation map, the embedding, export) works unchanged; the
+    bottom runs once."""
+    import keras
+    from keras import layers
+
+    cut_tensor = model.get_layer(cut).input
+    trunk = keras.Model(cut_tensor, model.get_layer(LAST_CONV).output)
+    maps = []
+    for k, weights in enumerate(member_weights):
+        inp = keras.Input(cut_tensor.shape[1:], name=f"member_{k}_input")
+        clone = keras.models.clone_model(trunk, input_tensors=inp)
+        member = keras.Model(inp, clone.output, name=f"member_{k}")
+        for layer in member.layers:
+            if layer.name in weights:
+                layer.set_weights(weights[layer.name])
+        maps.append(member(cut_tensor))
+    last = layers.Concatenate(name=LAST_CONV)(maps)
+    features = layers.GlobalAveragePooling2D(name=POOLED)(last)
+    features = layers.Dropout(model.get_layer("dropout").rate, name="dropout")(features)
+    dense = layers.Dense(1, name="logit")
+    logit = dense(features)
+    probability = layers.Activation("sigmoid", name="probability", dtype="float32")(logit)
+    out = keras.Model(model.input, probability, name=model.name)
+    n = len(member_weights)
+    dense.set_weights([np.concatenate([w["logit"][0] for w in member_weights]) / n,
+                       np.mean([w["logit"][1] for w in member_weights], axis=0)])
+    return out
+
+
 def fold_calibration(model, scale: float, bias: float) -> None:
     """Platt scaling ``sigmoid(scale * logit + bias)`` folded into the logit layer, so every
     exported format outputs calibrated probabilities with no extra code."""

@@ -75,6 +75,7 @@ class TrainConfig:
     from_scratch: FromScratch = field(default_factory=FromScratch)
     frozen_runtime: str = "litert"
     consistency: float = 0.0  # weight of (logit(view 0) - logit(another view))^2 in fine-tuning; 0: off
+    members: int = 1  # tops trained on the one backbone cache, averaged in one model (cxr.model.network.ensemble)
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -112,11 +113,12 @@ class TrainConfig:
             from_scratch=FromScratch.from_params(cfg.get("from_scratch")),
             frozen_runtime=str(cfg.get("frozen_runtime", "litert")),
             consistency=float(cfg.get("consistency", 0.0)),
+            members=int(cfg.get("members", 1)),
         )
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
-        if out.batch_size < 1 or out.views < 1:
-            raise UserError("params.yaml: 'train.batch_size' and 'train.views' must be >= 1")
+        if out.batch_size < 1 or out.views < 1 or out.members < 1:
+            raise UserError("params.yaml: 'train.batch_size', 'train.views' and 'train.members' must be >= 1")
         if out.head_epochs < 0 or out.fine_tune_epochs < 0 or out.head_epochs + out.fine_tune_epochs == 0:
             raise UserError("params.yaml: train.head_epochs + train.fine_tune_epochs must be > 0")
         params.in_range(out.label_smoothing, 0.0, 0.5, "train.label_smoothing")
@@ -220,10 +222,70 @@ def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
+def _layer_weights(model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
+
+
+def _set_layer_weights(model, weights: dict[str, list[np.ndarray]]) -> None:
+    for layer in model.layers:
+        if layer.name in weights:
+            layer.set_weights(weights[layer.name])
+
+
+def _member_seed(seed: int, member: int) -> int:
+    """Member 0 draws exactly what a single model draws."""
+    return seed + 1000 * member
+
+
+def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
+                y_val, seed: int, member: int, epochs_before: int, timings: dict) -> list[dict]:
+    """One member: the head on the frozen network's pooled features, then the top of the backbone
+    (batch norms frozen) on the cached activations. ``top`` holds the result."""
+    import keras
+
+    suffix = f" (member {member})" if member else ""
+    history: list[dict] = []
+    t0 = time.time()
+    feat_in = keras.Input(train_feats.shape[-1:], name="pooled_features")
+    head = keras.Model(feat_in, model.get_layer("logit")(model.get_layer("dropout")(feat_in)), name="head")
+    for layer in model.layers:
+        layer.trainable = False
+    model.get_layer("logit").trainable = True
+    if cfg.head_epochs:
+        compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
+        h = head.fit(ViewBatches(train_feats, labels, sample_w, cfg.batch_size, seed),
+                     validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
+                     callbacks=[_early_stopping(cfg.early_stopping_patience)])
+        history += _history_rows(h, "head" + suffix, epochs_before)
+    timings["head_fit_s"] += time.time() - t0
+
+    t0 = time.time()
+    if cfg.fine_tune_epochs:
+        cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
+        for layer in model.layers[cut_index:]:
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        if cfg.consistency > 0 and train_acts.shape[1] > 1:
+            paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            v32 = val_acts.astype(np.float32)
+            h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
+                           validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
+                           epochs=cfg.fine_tune_epochs, verbose=2,
+                           callbacks=[_early_stopping(cfg.early_stopping_patience, "val_clean_auc")])
+        else:
+            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
+                        validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
+                        verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
+        history += _history_rows(h, "fine_tune" + suffix, epochs_before + len(history))
+    timings["fine_tune_fit_s"] += time.time() - t0
+    return history
+
+
 def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
-          view_sources: list[np.ndarray] | None = None) -> tuple[list[dict], dict, BackboneCache | None]:
-    """Train ``model`` in place. Returns (per-epoch history rows, summary facts, the backbone
-    cache of the cached path, or None from scratch).
+          view_sources: list[np.ndarray] | None = None) -> tuple[object, list[dict], dict, BackboneCache | None]:
+    """Train ``model``. Returns (the trained model: ``model`` itself, or with ``members`` > 1 one
+    model averaging the members' tops on its bottom; per-epoch history rows; summary facts; the
+    backbone cache of the cached path, or None from scratch).
 
     ``view_sources`` (optional, uint8 ``[N, S, S]`` arrays) are the images the views start
     from instead of ``train.images``: randomly re-acquired copies
@@ -271,7 +333,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         timings["backbone_cache_s"] = time.time() - t0
         facts["cached_activation_shape"] = list(train_acts.shape)
 
-        # Head phase on pooled features of the frozen network.
+        # Pooled features of the frozen network (the top as loaded: the same for every member).
         t0 = time.time()
         cut = model.get_layer(cfg.fine_tune_from).input
         pooled = keras.Model(cut, model.get_layer("pooled").output)
@@ -281,40 +343,30 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         n, v = train_acts.shape[:2]
         train_feats = pool_call(train_acts.reshape((n * v,) + train_acts.shape[2:])).reshape(n, v, -1)
         val_feats = pool_call(val_acts)
-        feat_in = keras.Input(train_feats.shape[-1:], name="pooled_features")
-        head = keras.Model(feat_in, model.get_layer("logit")(model.get_layer("dropout")(feat_in)), name="head")
-        for layer in model.layers:
-            layer.trainable = False
-        model.get_layer("logit").trainable = True
-        if cfg.head_epochs:
-            compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
-            h = head.fit(ViewBatches(train_feats, train.labels, sample_w, cfg.batch_size, cfg.seed),
-                         validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
-                         callbacks=[_early_stopping(cfg.early_stopping_patience)])
-            history += _history_rows(h, "head", 0)
         timings["head_fit_s"] = time.time() - t0
+        timings["fine_tune_fit_s"] = 0.0
+        initial = _layer_weights(top)
+        members = []
+        for k in range(cfg.members):
+            if k:  # another member: the top as loaded, a fresh logit layer, its own seeds
+                _set_layer_weights(top, initial)
+                logit_layer = model.get_layer("logit")
+                kernel, bias = logit_layer.get_weights()
+                init = keras.initializers.GlorotUniform(seed=_member_seed(cfg.seed, k))
+                logit_layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
+                keras.utils.set_random_seed(_member_seed(cfg.seed, k))
+            history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
+                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings)
+            members.append(_layer_weights(top))
+        if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
+            facts["consistency"] = cfg.consistency
+        if cfg.members > 1:  # one model: the bottom once, the members' tops side by side
+            from cxr.model.network import ensemble
 
-        # Fine-tune phase: the top of the backbone, batch norms frozen.
-        t0 = time.time()
-        if cfg.fine_tune_epochs:
-            cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
-            for layer in model.layers[cut_index:]:
-                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-            if cfg.consistency > 0 and train_acts.shape[1] > 1:
-                paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
-                v32 = val_acts.astype(np.float32)
-                h = paired.fit(PairBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
-                               validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
-                               epochs=cfg.fine_tune_epochs, verbose=2,
-                               callbacks=[_early_stopping(cfg.early_stopping_patience, "val_clean_auc")])
-                facts["consistency"] = cfg.consistency
-            else:
-                compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
-                h = top.fit(ViewBatches(train_acts, train.labels, sample_w, cfg.batch_size, cfg.seed + 1),
-                            validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
-                            verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
-            history += _history_rows(h, "fine_tune", len(history))
-        timings["fine_tune_fit_s"] = time.time() - t0
+            model = ensemble(model, cfg.fine_tune_from, members)
+            top = keras.Model(cut, model.get_layer("logit").output, name="top")
+            pooled = keras.Model(cut, model.get_layer("pooled").output)
+            facts["members"] = cfg.members
         val_logits = np.concatenate(
             [np.asarray(top(val_acts[i : i + 256].astype(np.float32), training=False)).reshape(-1)
              for i in range(0, len(val_acts), 256)]
@@ -338,7 +390,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         log.warning("Platt scaling gave a non-positive slope (%.3f): calibration skipped", scale)
         facts["calibration"] = {"method": "none", "reason": f"non-positive slope {scale:.3f}"}
     facts["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    return history, facts, cache
+    return model, history, facts, cache
 
 
 def check_not_constant(val_logits: np.ndarray) -> None:

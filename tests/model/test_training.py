@@ -63,7 +63,7 @@ def test_from_scratch_training_learns_and_calibrates():
 
     train_set, val_set = blobs(48, 64, 0), blobs(24, 64, 1)
     model = build(64, Architecture(backbone="small_cnn", width=8, downsample=1), weights=None)
-    history, facts, _ = train(model, train_set, val_set, cfg(from_scratch=FromScratch(epochs=6, learning_rate=3e-3)))
+    _, history, facts, _ = train(model, train_set, val_set, cfg(from_scratch=FromScratch(epochs=6, learning_rate=3e-3)))
     assert facts["mode"] == "from_scratch" and history and {row["phase"] for row in history} == {"full"}
     assert facts["calibration"]["method"] in ("platt", "none")
     p = predict(model, val_set.images)
@@ -124,7 +124,7 @@ def test_cached_backbone_training_learns_and_full_model_matches_top():
 
     train_set, val_set = blobs(64, 224, 0), blobs(32, 224, 1)
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))
-    history, facts, _ = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
+    _, history, facts, _ = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
     assert facts["mode"] == "cached_backbone"
     assert facts["cached_activation_shape"][:2] == [64, 2]
     assert {row["phase"] for row in history} == {"head", "fine_tune"}
@@ -187,3 +187,69 @@ def test_the_consistency_weight_makes_the_top_ignore_what_differs_between_views(
         a, b = (np.asarray(top(acts[:, v].astype(np.float32))).ravel() for v in (0, 1))
         gaps[weight] = float(np.mean(np.abs(a - b)))
     assert gaps[5.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_members_share_the_bottom_and_member_zero_is_the_single_model(tmp_path):
+    """train.members: the model averages its members' logits on one bottom, is one saved file, and
+    its first member is, weight for weight, what the same seed trains alone (so members: 1 changes
+    nothing). A randomly initialised MobileNetV2 stands in for the ImageNet one: the cached path
+    only needs ``weights`` set, not what they are."""
+    import keras
+
+    from cxr.model.network import Architecture, build, embeddings, predict, recalibrate_batch_norm
+    from cxr.model.training import train
+
+    train_set, val_set = blobs(24, 96, 0), blobs(12, 96, 1)
+
+    def stand_in():  # random weights, batch norms set on the images so the features are not all zero
+        keras.utils.set_random_seed(1)
+        model = build(96, Architecture(alpha=0.35, dropout=0.1))
+        recalibrate_batch_norm(model, train_set.images)
+        return model
+
+    single, _, alone, _ = train(stand_in(), train_set, val_set, cfg(weights="stand-in", members=1))
+    model, history, facts, cache = train(stand_in(), train_set, val_set, cfg(weights="stand-in", members=2))
+
+    assert facts["members"] == 2 and "members" not in alone
+    assert {row["phase"] for row in history} == {"head", "fine_tune", "head (member 1)", "fine_tune (member 1)"}
+    first = model.get_layer("member_0")
+    for layer in first.layers:
+        if layer.weights:
+            for a, b in zip(layer.get_weights(), single.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+    second = model.get_layer("member_1")
+    assert not np.array_equal(second.get_layer("Conv_1").get_weights()[0], first.get_layer("Conv_1").get_weights()[0])
+
+    # One embedding per member side by side; the cache maps its activations to the same embedding.
+    emb = embeddings(model, val_set.images)
+    assert emb.shape == (12, 2 * single.get_layer("pooled").output.shape[-1])
+    np.testing.assert_allclose(cache.embed_activations(cache.val), emb, atol=2e-3)  # the cache holds float16
+
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(predict(again, val_set.images), predict(model, val_set.images), atol=1e-6)
+
+
+def test_ensemble_logit_is_the_mean_of_the_members_logits():
+    import keras
+
+    from cxr.model.network import Architecture, build, ensemble, split_at
+
+    model = build(96, Architecture(alpha=0.35))
+    _, top = split_at(model, "block_15_expand")
+    logit = keras.Model(model.input, model.get_layer("logit").output)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (3, 96, 96, 1)).astype(np.float32)
+    members, alone = [], []
+    for _ in range(3):
+        weights = {layer.name: [w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in layer.get_weights()]
+                   for layer in top.layers if layer.weights}
+        for layer in top.layers:
+            if layer.name in weights:
+                layer.set_weights(weights[layer.name])
+        members.append(weights)
+        alone.append(np.asarray(logit(x)).ravel())
+    joint = ensemble(model, "block_15_expand", members)
+    got = np.asarray(keras.Model(joint.input, joint.get_layer("logit").output)(x)).ravel()
+    np.testing.assert_allclose(got, np.mean(alone, axis=0), rtol=1e-4, atol=1e-4)
+    assert joint.get_layer("pooled").output.shape[-1] == 3 * model.get_layer("pooled").output.shape[-1]
