@@ -55,7 +55,7 @@ def test_the_cache_embeds_as_the_trained_model_does(runtime):
 
     train_set, val_set = blobs(48, 224, 0), blobs(16, 224, 1)
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))
-    _, facts, cache = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=2, fine_tune_epochs=1,
+    _, _, facts, cache = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=2, fine_tune_epochs=1,
                                                            frozen_runtime=runtime))
     assert facts["frozen_runtime"] == runtime
     want = embeddings(model, val_set.images)
