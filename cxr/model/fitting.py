@@ -22,3 +22,46 @@ def batch_logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
 
     return np.concatenate([np.asarray(fn(to_model_input(images[i : i + batch_size]), training=False)).reshape(-1)
                            for i in range(0, len(images), batch_size)]) if len(images) else np.zeros(0)
+
+
+def weight_average(from_epoch: int, monitor: str = "val_auc"):
+    """A callback that leaves the model with the mean of its trainable weights over every step from
+    epoch ``from_epoch`` (1-based) to the best epoch on ``monitor`` among those: dense weight averaging
+    (Izmailov et al. 2018; Cha et al. 2021, SWAD), one model whose weights lie in the middle of a flat
+    region instead of at one step's edge of it: it generalises under a shift of the input as an
+    ensemble does, at one model's serving cost. Put it after early stopping in the callbacks (its
+    end of training runs last). ``summary`` holds the window it averaged."""
+    import keras
+
+    class WeightAverage(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.sum, self.steps, self.epoch = None, 0, 0
+            self.best, self.kept, self.summary = -np.inf, None, {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch < from_epoch:
+                return
+            weights = [np.array(v) for v in self.model.trainable_variables]
+            self.sum = weights if self.sum is None else [s + w for s, w in zip(self.sum, weights)]
+            self.steps += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            score = (logs or {}).get(monitor)
+            if self.epoch >= from_epoch and self.steps and score is not None and score > self.best:
+                self.best = float(score)
+                self.kept = ([s / self.steps for s in self.sum],
+                             {"from_epoch": from_epoch, "to_epoch": self.epoch, "steps": self.steps,
+                              f"best_{monitor}_in_window": round(self.best, 6)})
+
+        def on_train_end(self, logs=None):
+            if self.kept is None:  # training stopped before the window, or no score: the weights stay
+                self.summary = {"from_epoch": from_epoch, "steps": 0}
+                return
+            mean, self.summary = self.kept
+            for variable, value in zip(self.model.trainable_variables, mean):
+                variable.assign(value.astype(variable.dtype))
+
+    return WeightAverage()

@@ -33,7 +33,7 @@ import numpy as np
 from cxr import UserError, params
 from cxr.data.dataset import SplitData
 from cxr.model.cache import BackboneCache, PairBatches, ViewBatches, paired_top, run_in_batches
-from cxr.model.fitting import batch_logits, compile_binary
+from cxr.model.fitting import batch_logits, compile_binary, weight_average
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
 from cxr.model.inference import RUNTIMES
 from cxr.shift.robustness import Reacquire
@@ -76,6 +76,7 @@ class TrainConfig:
     frozen_runtime: str = "litert"
     consistency: float = 0.0  # weight of (logit(view 0) - logit(another view))^2 in fine-tuning; 0: off
     members: int = 1  # tops trained on the one backbone cache, averaged in one model (cxr.model.network.ensemble)
+    weight_average_from: int = 0  # fine-tuning epoch from which the top's weights are averaged over steps; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -114,11 +115,15 @@ class TrainConfig:
             frozen_runtime=str(cfg.get("frozen_runtime", "litert")),
             consistency=float(cfg.get("consistency", 0.0)),
             members=int(cfg.get("members", 1)),
+            weight_average_from=params.require({"weight_average_from": 0, **cfg}, "weight_average_from", int, where),
         )
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
             raise UserError("params.yaml: 'train.batch_size', 'train.views' and 'train.members' must be >= 1")
+        if not 0 <= out.weight_average_from <= out.fine_tune_epochs:
+            raise UserError(f"params.yaml: 'train.weight_average_from' must be 0 (off) or a fine-tuning epoch, "
+                            f"1..{out.fine_tune_epochs}, got {out.weight_average_from}")
         if out.head_epochs < 0 or out.fine_tune_epochs < 0 or out.head_epochs + out.fine_tune_epochs == 0:
             raise UserError("params.yaml: train.head_epochs + train.fine_tune_epochs must be > 0")
         params.in_range(out.label_smoothing, 0.0, 0.5, "train.label_smoothing")
@@ -238,9 +243,10 @@ def _member_seed(seed: int, member: int) -> int:
 
 
 def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
-                y_val, seed: int, member: int, epochs_before: int, timings: dict) -> list[dict]:
+                y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list) -> list[dict]:
     """One member: the head on the frozen network's pooled features, then the top of the backbone
-    (batch norms frozen) on the cached activations. ``top`` holds the result."""
+    (batch norms frozen) on the cached activations, its weights averaged over steps with
+    ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result."""
     import keras
 
     suffix = f" (member {member})" if member else ""
@@ -264,19 +270,25 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-        if cfg.consistency > 0 and train_acts.shape[1] > 1:
+        paired = cfg.consistency > 0 and train_acts.shape[1] > 1
+        monitor = "val_clean_auc" if paired else "val_auc"
+        callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
+        if cfg.weight_average_from:
+            callbacks.append(weight_average(cfg.weight_average_from, monitor))
+        if paired:
             paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             v32 = val_acts.astype(np.float32)
             h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                            validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
-                           epochs=cfg.fine_tune_epochs, verbose=2,
-                           callbacks=[_early_stopping(cfg.early_stopping_patience, "val_clean_auc")])
+                           epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                         validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
-                        verbose=2, callbacks=[_early_stopping(cfg.early_stopping_patience)])
+                        verbose=2, callbacks=callbacks)
         history += _history_rows(h, "fine_tune" + suffix, epochs_before + len(history))
+        if cfg.weight_average_from:
+            averaged.append(callbacks[-1].summary)
     timings["fine_tune_fit_s"] += time.time() - t0
     return history
 
@@ -346,7 +358,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         timings["head_fit_s"] = time.time() - t0
         timings["fine_tune_fit_s"] = 0.0
         initial = _layer_weights(top)
-        members = []
+        members, averaged = [], []
         for k in range(cfg.members):
             if k:  # another member: the top as loaded, a fresh logit layer, its own seeds
                 _set_layer_weights(top, initial)
@@ -356,7 +368,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
                 logit_layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
             history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
-                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings)
+                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged)
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency
@@ -371,6 +383,11 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
             [np.asarray(top(val_acts[i : i + 256].astype(np.float32), training=False)).reshape(-1)
              for i in range(0, len(val_acts), 256)]
         )
+        if averaged:  # the window(s) averaged, and what the averaged model scores on validation
+            from sklearn.metrics import roc_auc_score
+
+            facts["weight_average"] = {"members": averaged,
+                                       "val_auc": round(float(roc_auc_score(val.labels, val_logits)), 6)}
         facts["mode"] = "cached_backbone"
         facts["fine_tune_from"] = cfg.fine_tune_from
         clean = cfg.clean_view or not view_sources

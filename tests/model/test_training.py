@@ -253,3 +253,77 @@ def test_ensemble_logit_is_the_mean_of_the_members_logits():
     got = np.asarray(keras.Model(joint.input, joint.get_layer("logit").output)(x)).ravel()
     np.testing.assert_allclose(got, np.mean(alone, axis=0), rtol=1e-4, atol=1e-4)
     assert joint.get_layer("pooled").output.shape[-1] == 3 * model.get_layer("pooled").output.shape[-1]
+
+
+def test_weight_average_keeps_the_mean_of_the_steps_up_to_the_best_epoch():
+    """The averaged weights are the mean over every step from the first averaged epoch to the best
+    validation epoch: steps after it (here forced worse) are left out, and so are steps before the window."""
+    import keras
+
+    from cxr.model.fitting import weight_average
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.steps, self.epoch = [], 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append((self.epoch, [np.array(v) for v in self.model.trainable_variables]))
+
+    class Score(keras.callbacks.Callback):  # a validation score that peaks at epoch 3 of 4
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_auc"] = [0.5, 0.7, 0.9, 0.8][epoch]
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    record, average = Record(), weight_average(2)
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[record, Score(), average])
+
+    window = [w for epoch, w in record.steps if 2 <= epoch <= 3]
+    assert len(window) == 8 and average.summary["to_epoch"] == 3 and average.summary["steps"] == 8
+    for got, *steps in zip(model.trainable_variables, *window):
+        np.testing.assert_allclose(np.array(got), np.mean(steps, axis=0), rtol=1e-6)
+    assert not np.allclose(np.array(model.trainable_variables[0]), record.steps[-1][1][0])
+
+
+def test_weight_average_must_name_a_fine_tuning_epoch():
+    from cxr import UserError
+
+    good = dict(seed=1, weights="none", batch_size=8, views=2, head_epochs=1, head_learning_rate=1e-3,
+                fine_tune_epochs=3, fine_tune_learning_rate=1e-4, fine_tune_from="block_15_expand",
+                label_smoothing=0.05, early_stopping_patience=2)
+    assert TrainConfig.from_params({**good, "weight_average_from": 3}).weight_average_from == 3
+    with pytest.raises(UserError, match="weight_average_from' must be 0 .off. or a fine-tuning epoch, 1..3, got 4"):
+        TrainConfig.from_params({**good, "weight_average_from": 4})
+    with pytest.raises(UserError, match="weight_average_from' must be int"):
+        TrainConfig.from_params({**good, "weight_average_from": "late"})
+
+
+def test_the_cached_path_keeps_the_averaged_top_and_says_which_window():
+    """train.weight_average_from on the cached path: the summary names the window, and the model's
+    validation AUC recorded beside it is the one of the weights it keeps. A randomly initialised
+    MobileNetV2 stands in for the ImageNet one."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from cxr.model.network import Architecture, build, logit_model, recalibrate_batch_norm
+    from cxr.model.fitting import batch_logits
+    from cxr.model.training import train
+
+    train_set, val_set = blobs(24, 96, 0), blobs(12, 96, 1)
+    keras.utils.set_random_seed(1)
+    model = build(96, Architecture(alpha=0.35, dropout=0.1))
+    recalibrate_batch_norm(model, train_set.images)
+    model, _, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", fine_tune_epochs=2,
+                                                              weight_average_from=1))
+    (window,) = facts["weight_average"]["members"]
+    assert window["from_epoch"] == 1 and window["to_epoch"] in (1, 2) and window["steps"] >= 3
+    auc = roc_auc_score(val_set.labels, batch_logits(logit_model(model), val_set.images, 8))
+    assert auc == pytest.approx(facts["weight_average"]["val_auc"], abs=1e-3)
