@@ -27,10 +27,10 @@ def batch_logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
 def weight_average(from_epoch: int, monitor: str = "val_auc"):
     """A callback that leaves the model with the mean of its trainable weights over every step from
     epoch ``from_epoch`` (1-based) to the best epoch on ``monitor`` among those: dense weight averaging
-    (Izmailov et al. 2018; Cha et al. 2021, SWAD), one model whose weights lie in the middle of a flat
-    region instead of at one step's edge of it: it generalises under a shift of the input as an
-    ensemble does, at one model's serving cost. Put it after early stopping in the callbacks (its
-    end of training runs last). ``summary`` holds the window it averaged."""
+    (Izmailov et al. 2018; Cha et al. 2021, SWAD): in domain generalisation a flat point of weight
+    space transfers under a shift of the input as an ensemble does, at one model's serving cost
+    (measured here: it did not, docs/model.md). Put it after early stopping in the callbacks (its end
+    of training runs last). ``summary`` holds the window it averaged."""
     import keras
 
     class WeightAverage(keras.callbacks.Callback):

@@ -270,12 +270,12 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-        paired = cfg.consistency > 0 and train_acts.shape[1] > 1
-        monitor = "val_clean_auc" if paired else "val_auc"
+        on_pairs = cfg.consistency > 0 and train_acts.shape[1] > 1
+        monitor = "val_clean_auc" if on_pairs else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
-        if paired:
+        if on_pairs:
             paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             v32 = val_acts.astype(np.float32)
             h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
