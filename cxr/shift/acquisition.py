@@ -178,17 +178,22 @@ MIX_MODES = ("joint", "independent")
 
 
 def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tuple[float, float],
-                rng: np.random.Generator, mode: str = "joint", cues: Iterable[str] = CUES) -> Image.Image:
+                rng: np.random.Generator, mode: str = "joint", cues: Iterable[str] = CUES,
+                to_other: float = 0.0) -> Image.Image:
     """A random shift of the chosen ``cues`` with ``t`` drawn from ``mix``: one ``t`` for both
     cues (``joint``: along the line between the two classes' acquisitions, which is how the
     detail gains were measured, after the aspect change) or one per cue (``independent``: also
     the mixed combinations). With ``mix`` symmetric about 0.5 (e.g. [-0.25, 1.25]) both
-    classes' shifted images cover the same acquisitions."""
+    classes' shifted images cover the same acquisitions. With probability ``to_other`` the image
+    goes all the way instead (``t = 1`` for every cue): the other class's own acquisition, as often
+    as the views left as acquired show each class at its own."""
     if mode not in MIX_MODES:
         raise UserError(f"class mixing mode must be one of {MIX_MODES}, got {mode!r}")
     t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
     if mode == "joint":
         t_detail = t_aspect
+    if to_other and rng.random() < to_other:
+        t_aspect = t_detail = 1.0
     cues = set(cues)
     return shift(img, label, facts, float(t_aspect) if "aspect" in cues else 0.0,
                  float(t_detail) if "detail" in cues else 0.0)

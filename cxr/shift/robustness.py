@@ -106,7 +106,8 @@ class Reacquire:
     ``mix_classes`` only (moving PNEUMONIA towards NORMAL's squarer film can only be emulated by
     cropping the sides, which changes the framing as no real film does; moving NORMAL towards
     PNEUMONIA's crops top and bottom, as the tighter PNEUMONIA films do); ``None`` leaves the
-    class-conditional cues alone. ``generic``: then a random exposure,
+    class-conditional cues alone. ``to_other``: the share of moved images taken all the way, to the
+    other class's acquisition. ``generic``: then a random exposure,
     blur, resolution, border and JPEG quality, both classes alike (:func:`random_acquisition`).
     """
 
@@ -114,12 +115,13 @@ class Reacquire:
     mix_mode: str = "joint"
     mix_cues: tuple[str, ...] = CUES
     mix_classes: tuple[int, ...] = (0, 1)
+    to_other: float = 0.0
     generic: bool = False
 
     @classmethod
     def from_params(cls, cfg: dict | None) -> "Reacquire":
         cfg = cfg or {}
-        keys = {"class_mix", "mix_mode", "mix_cues", "mix_classes", "generic"}
+        keys = {"class_mix", "mix_mode", "mix_cues", "mix_classes", "to_other", "generic"}
         if not isinstance(cfg, dict) or set(cfg) - keys:
             raise UserError(f"params.yaml: 'train.reacquire' must be a mapping with keys {sorted(keys)}")
         mix = cfg.get("class_mix")
@@ -143,8 +145,12 @@ class Reacquire:
         if not isinstance(classes, list) or not classes or not set(classes) <= set(LABELS):
             raise UserError(f"params.yaml: 'train.reacquire.mix_classes' must be a non-empty list of {LABELS}, "
                             f"got {classes!r}")
+        to_other = cfg.get("to_other", 0.0)
+        if isinstance(to_other, bool) or not isinstance(to_other, (int, float)) or not 0.0 <= to_other <= 1.0:
+            raise UserError(f"params.yaml: 'train.reacquire.to_other' must be a share in [0, 1], got {to_other!r}")
         return cls(class_mix=mix, mix_mode=mix_mode, mix_cues=tuple(c for c in CUES if c in cues),
-                   mix_classes=tuple(i for i, label in enumerate(LABELS) if label in classes), generic=generic)
+                   mix_classes=tuple(i for i, label in enumerate(LABELS) if label in classes),
+                   to_other=float(to_other), generic=generic)
 
     @property
     def active(self) -> bool:
@@ -153,7 +159,7 @@ class Reacquire:
     def to_dict(self) -> dict:
         return {"class_mix": list(self.class_mix) if self.class_mix else None, "mix_mode": self.mix_mode,
                 "mix_cues": list(self.mix_cues), "mix_classes": [LABELS[i] for i in self.mix_classes],
-                "generic": self.generic}
+                "to_other": self.to_other, "generic": self.generic}
 
 
 def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition, imaging: ImagingConfig,
@@ -161,7 +167,7 @@ def reacquired(data: bytes, label: int, how: Reacquire, facts: ClassAcquisition,
     """One re-acquired, preprocessed copy (uint8 ``[S, S]``) of an image of class ``label``."""
     img = decode_gray(data)
     if how.class_mix is not None and label in how.mix_classes:
-        img = class_mixed(img, label, facts, how.class_mix, rng, how.mix_mode, how.mix_cues)
+        img = class_mixed(img, label, facts, how.class_mix, rng, how.mix_mode, how.mix_cues, how.to_other)
     if how.generic:
         return preprocess_bytes(random_acquisition(img, rng), imaging)
     return preprocess_image(img, imaging)

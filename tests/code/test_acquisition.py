@@ -75,6 +75,13 @@ def test_class_mixed_is_seeded_and_counterfactual_checks_cues():
     assert np.array_equal(np.asarray(c), np.asarray(shift(img, 0, facts, t[0], t[1])))
     with pytest.raises(UserError, match="mixing mode"):
         class_mixed(img, 0, facts, (0, 1), np.random.default_rng(0), "sideways")
+    # to_other: that share of the images goes all the way, every cue at t = 1; the rest as drawn.
+    other = np.asarray(shift(img, 0, facts, 1.0, 1.0))
+    assert np.array_equal(np.asarray(class_mixed(img, 0, facts, (-0.25, 1.25), np.random.default_rng(4),
+                                                 to_other=1.0)), other)
+    all_the_way = [np.array_equal(np.asarray(class_mixed(img, 0, facts, (-0.25, 0.5), np.random.default_rng(s),
+                                                         to_other=0.25)), other) for s in range(80)]
+    assert 10 <= sum(all_the_way) <= 30
     buf = io.BytesIO()
     img.save(buf, "PNG")
     softer = counterfactual(buf.getvalue(), 0, facts, ["detail"])

@@ -123,3 +123,42 @@ def test_seed_study_judges_each_run_by_the_projects_rule_and_floors():
     assert not b["passed"] and b["specificity"] == 0.4 and b["margins"]["specificity"] == -0.2
     md = table([g, b], floors)
     assert "| default | 1 | 1 |" in md and "| one-core | 1 | 0 |" in md
+
+
+def test_aspect_response_moves_films_as_training_and_the_proxy_do():
+    """The bench measures the transforms the project uses: t = 0 is the film as acquired, t = 1 is
+    the counterfactual's training-transform and held-out aspect change, byte for byte."""
+    import io
+
+    from PIL import Image
+
+    from bench.aspect_response import moved
+    from cxr.shift.acquisition import ClassAcquisition, counterfactual
+
+    facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(0.8, 1.5))
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (96, 96), dtype=np.uint8), "L")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    for label in (0, 1):
+        assert np.array_equal(np.asarray(moved(img, label, facts, 0.0)), np.asarray(img))
+        for held_out in (False, True):
+            want = counterfactual(buf.getvalue(), label, facts, ("aspect",), held_out=held_out)
+            assert np.array_equal(np.asarray(moved(img, label, facts, 1.0, held_out)), np.asarray(want))
+    assert not np.array_equal(np.asarray(moved(img, 0, facts, 1.0)), np.asarray(moved(img, 0, facts, 1.0, True)))
+
+
+def test_aspect_response_softening_keeps_the_shape():
+    """Softening along the height leaves vertical stripes (constant along the height) as they are and
+    blurs horizontal ones; along the width the other way round. The image keeps its size."""
+    from PIL import Image
+
+    from bench.aspect_response import softened
+
+    stripes = np.tile((np.arange(64) // 2 % 2 * 255).astype(np.uint8), (64, 1))  # columns alternate
+    vertical, horizontal = Image.fromarray(stripes, "L"), Image.fromarray(stripes.T.copy(), "L")
+    assert softened(vertical, "y", 1.25).size == (64, 64)
+    assert np.array_equal(np.asarray(softened(vertical, "y", 1.25)), stripes)
+    assert np.array_equal(np.asarray(softened(horizontal, "x", 1.25)), stripes.T)
+    assert np.abs(np.asarray(softened(horizontal, "y", 1.25), float) - stripes.T).mean() > 10
+    assert np.abs(np.asarray(softened(vertical, "x", 1.25), float) - stripes).mean() > 10

@@ -127,7 +127,9 @@ def test_reacquire_params_are_checked():
     assert Reacquire.from_params({"class_mix": [-0.25, 1.25], "generic": False}).class_mix == (-0.25, 1.25)
     assert not Reacquire.from_params({"class_mix": None}).active
     assert Reacquire.from_params({"class_mix": [0, 1], "mix_cues": ["aspect"]}).mix_cues == ("aspect",)
-    for bad in ({"class_mix": [1.0, 0.0]}, {"class_mix": [0, 3]}, {"class_mix": "wide"}, {"generic": "yes"},
+    assert Reacquire.from_params({"class_mix": [0, 1], "to_other": 0.5}).to_dict()["to_other"] == 0.5
+    assert Reacquire.from_params({"class_mix": [0, 1]}).to_other == 0.0
+    for bad in ({"to_other": 1.5}, {"to_other": "half"}, {"to_other": True}, {"class_mix": [1.0, 0.0]}, {"class_mix": [0, 3]}, {"class_mix": "wide"}, {"generic": "yes"},
                 {"colour": True}, {"mix_mode": "both"}, {"mix_cues": ["colour"]}, {"mix_cues": []},
                 {"mix_classes": ["COVID"]}):
         with pytest.raises(UserError, match="train.reacquire"):
