@@ -185,8 +185,8 @@ def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tupl
     detail gains were measured, after the aspect change) or one per cue (``independent``: also
     the mixed combinations). With ``mix`` symmetric about 0.5 (e.g. [-0.25, 1.25]) both
     classes' shifted images cover the same acquisitions. With probability ``to_other`` the image
-    goes all the way instead (``t = 1`` for every cue): the other class's own acquisition, as often
-    as the views left as acquired show each class at its own."""
+    goes all the way instead (``t = 1`` for every cue), to the other class's own acquisition: a
+    counterweight to views left as acquired, which show each class at its own only."""
     if mode not in MIX_MODES:
         raise UserError(f"class mixing mode must be one of {MIX_MODES}, got {mode!r}")
     t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
