@@ -16,7 +16,6 @@ the share on the right side of the run's threshold (specificity for NORMAL, reca
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -94,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.data.dataset import load_split
     from cxr.imaging.preprocess import preprocess_image
     from cxr.model.network import Scorer
+    from cxr.records.evaluation import Evaluation
     from cxr.records.train_summary import TrainSummary
 
     for run in args.runs:
-        threshold = float(json.loads((run / "metrics.json").read_text())["threshold"])
+        threshold = Evaluation.read(run / "metrics.json").threshold
         imaging = TrainSummary.read(run / "reports/train/summary.json").imaging
-        facts = ClassAcquisition.from_params(params.load(run / "params.yaml")["acquisition"])
+        facts = ClassAcquisition.from_params(params.section("acquisition", run / "params.yaml"))
         scorer = Scorer(keras.saving.load_model(run / "models/model.keras"), "litert")
         rng = np.random.default_rng(args.seed)
         films = {}
