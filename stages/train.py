@@ -70,13 +70,21 @@ def main(argv: list[str] | None = None) -> None:
         view_sources = [acquisition_view(p.raw, train_split.paths, train_split.labels, cfg.reacquire, facts_acq, imaging,
                                          seed=cfg.seed + v) for v in range(1, count + 1)]
         log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
+    view_positions = None
+    if cfg.adversary and view_sources:  # where each cached view's aspect was moved, in the cache's view order
+        from cxr.shift.robustness import aspect_positions
+
+        columns = [aspect_positions(train_split.labels, cfg.reacquire, seed=cfg.seed + v) for v in range(1, count + 1)]
+        if cfg.clean_view:
+            columns.insert(0, np.full(len(train_split), np.nan))
+        view_positions = np.stack(columns, axis=1)
     selection = val_split
     if cfg.select_on == "val+counterfactual":
         from cxr.shift.robustness import counterfactual_view
 
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
-    model, history, facts, cache = train(model, train_split, selection, cfg, view_sources)
+    model, history, facts, cache = train(model, train_split, selection, cfg, view_sources, view_positions)
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)

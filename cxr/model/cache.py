@@ -60,10 +60,12 @@ class BackboneCache:
                                                      dtype=np.float32))
 
 
-def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool):
+def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool, positions=None):
     """Keras PyDataset over cached activations ``[N, V, ...]``, reshuffled each epoch. Unpaired: one
     random view of each image. Paired (the consistency loss): the image as acquired (view 0) beside
-    one random other view of it, targets (label, label, 0 gap)."""
+    one random other view of it, targets (label, label, 0 gap). With ``positions`` (``[N, V]``, the
+    view's acquisition position, NaN where it was not moved; the adversary): targets (label,
+    position), the position's weight 0 where it is NaN."""
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -85,6 +87,10 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
             sel = self.order[idx * batch_size : (idx + 1) * batch_size]
             other = acts[sel, self.view[sel]].astype(np.float32)
             y, w = self.labels[sel], weights[sel]
+            if positions is not None:
+                pos = positions[sel, self.view[sel]]
+                moved = ~np.isnan(pos)
+                return other, (y, np.where(moved, pos, 0.0).astype(np.float32)), (w, moved.astype(np.float32))
             if not paired:
                 return other, y, w
             return (acts[sel, 0].astype(np.float32), other), (y, y, np.zeros_like(y)), (w, w, w)
@@ -95,6 +101,11 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
 def ViewBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
     """One random view of each image per epoch."""
     return _cached_batches(acts, labels, weights, batch_size, seed, paired=False)
+
+
+def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int):  # noqa: N802
+    """One random view of each image per epoch, with where that view's acquisition was moved."""
+    return _cached_batches(acts, labels, weights, batch_size, seed, paired=False, positions=positions)
 
 
 def PairBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
@@ -116,3 +127,50 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, bce, "mse"],
                   loss_weights=[0.5, 0.5, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], [], []])
     return model
+
+
+def adversarial_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float):
+    """The top (``cut`` activations -> ``logit``) trained beside an adversary that reads, from the
+    ``embedding`` it pools, how far the view's aspect was moved between the classes' acquisitions
+    (Ganin et al. 2016, domain-adversarial training). The adversary learns to read it; through the
+    gradient reversal, scaled by ``weight``, the top learns to leave it unreadable: a healthy film
+    with a sick film's shape should embed as a healthy film. Training only: the top's layers are
+    shared, the adversary is thrown away."""
+    import keras
+
+    reversed_embedding = GradientReversal(weight, name="gradient_reversal")(embedding)
+    hidden = keras.layers.Dense(64, activation="relu", name="adversary_hidden")(reversed_embedding)
+    position = keras.layers.Dense(1, name="acquisition")(hidden)
+    model = keras.Model(cut, [keras.layers.Identity(name="screening")(logit), position], name="adversarial_top")
+    bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, "mse"],
+                  metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], []])
+    return model
+
+
+def _gradient_reversal_layer():
+    import keras
+    import tensorflow as tf
+
+    class GradientReversal(keras.layers.Layer):
+        """Identity forward; the gradient multiplied by ``-scale`` backward."""
+
+        def __init__(self, scale: float, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = float(scale)
+
+        def call(self, x):
+            @tf.custom_gradient
+            def reverse(t):
+                return tf.identity(t), lambda dy: -self.scale * dy
+
+            return reverse(x)
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale}
+
+    return GradientReversal
+
+
+def GradientReversal(scale: float, **kwargs):  # noqa: N802 - reads as the class it makes
+    return _gradient_reversal_layer()(scale, **kwargs)

@@ -32,7 +32,8 @@ import numpy as np
 
 from cxr import UserError, params
 from cxr.data.dataset import SplitData
-from cxr.model.cache import BackboneCache, PairBatches, ViewBatches, paired_top, run_in_batches
+from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, adversarial_top, paired_top,
+                             run_in_batches)
 from cxr.model.fitting import batch_logits, compile_binary, weight_average
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
 from cxr.model.inference import RUNTIMES
@@ -77,6 +78,7 @@ class TrainConfig:
     consistency: float = 0.0  # weight of (logit(view 0) - logit(another view))^2 in fine-tuning; 0: off
     members: int = 1  # tops trained on the one backbone cache, averaged in one model (cxr.model.network.ensemble)
     weight_average_from: int = 0  # fine-tuning epoch from which the top's weights are averaged over steps; 0: off
+    adversary: float = 0.0  # gradient reversal scale of the view's acquisition position in fine-tuning; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -116,7 +118,16 @@ class TrainConfig:
             consistency=float(cfg.get("consistency", 0.0)),
             members=int(cfg.get("members", 1)),
             weight_average_from=params.require({"weight_average_from": 0, **cfg}, "weight_average_from", int, where),
+            adversary=params.require({"adversary": 0.0, **cfg}, "adversary", float, where),
         )
+        params.in_range(out.adversary, 0.0, 10.0, "train.adversary")
+        if out.adversary and out.consistency:
+            raise UserError("params.yaml: 'train.adversary' and 'train.consistency' are two ways of training the top; "
+                            "set one of them to 0")
+        if out.adversary and (out.weights is None or out.reacquire.class_mix is None
+                              or "aspect" not in out.reacquire.mix_cues):
+            raise UserError("params.yaml: 'train.adversary' reads how far each cached view's aspect was moved: it needs "
+                            "pretrained train.weights and train.reacquire.class_mix with 'aspect' in mix_cues")
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
@@ -176,18 +187,18 @@ def augmenter(aug: Augment, seed: int):
 
 def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     h = {k.replace("clean_", ""): v for k, v in history.history.items()}  # the paired model's clean output
+    adversarial = "screening_loss" in h  # the screening output's own figures; the adversary's loss beside them
+    if adversarial:
+        h = {**h, **{k.replace("screening_", ""): v for k, v in h.items() if "screening_" in k}}
     n = len(h.get("loss", []))
-    return [
-        {
-            "epoch": start_epoch + i + 1,
-            "phase": phase,
-            "loss": round(float(h["loss"][i]), 6),
-            "auc": round(float(h["auc"][i]), 6),
-            "val_loss": round(float(h["val_loss"][i]), 6),
-            "val_auc": round(float(h["val_auc"][i]), 6),
-        }
-        for i in range(n)
-    ]
+    rows = []
+    for i in range(n):
+        row = {"epoch": start_epoch + i + 1, "phase": phase}
+        row.update({k: round(float(h[k][i]), 6) for k in ("loss", "auc", "val_loss", "val_auc")})
+        if adversarial:
+            row["acquisition_loss"] = round(float(h["acquisition_loss"][i]), 6)
+        rows.append(row)
+    return rows
 
 
 def _early_stopping(patience: int, monitor: str = "val_auc"):
@@ -243,7 +254,8 @@ def _member_seed(seed: int, member: int) -> int:
 
 
 def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
-                y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list) -> list[dict]:
+                y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list,
+                positions: np.ndarray | None = None, adversaries: list | None = None) -> list[dict]:
     """One member: the head on the frozen network's pooled features, then the top of the backbone
     (batch norms frozen) on the cached activations, its weights averaged over steps with
     ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result."""
@@ -271,7 +283,8 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
         on_pairs = cfg.consistency > 0 and train_acts.shape[1] > 1
-        monitor = "val_clean_auc" if on_pairs else "val_auc"
+        adversarial = cfg.adversary > 0 and positions is not None
+        monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if adversarial else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
@@ -281,6 +294,16 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                            validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
                            epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
+        elif adversarial:
+            cut = model.get_layer(cfg.fine_tune_from).input
+            adv = adversarial_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
+                                  cfg.adversary, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            v32 = val_acts.astype(np.float32)
+            h = adv.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1),
+                        validation_data=(v32, (y_val, np.zeros_like(y_val)), (np.ones_like(y_val), np.zeros_like(y_val))),
+                        epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
+            if adversaries is not None:
+                adversaries.append(_adversary_fit(adv, train_acts, positions))
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
@@ -293,8 +316,21 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
     return history
 
 
-def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
-          view_sources: list[np.ndarray] | None = None) -> tuple[object, list[dict], dict, BackboneCache | None]:
+def _adversary_fit(adv, acts: np.ndarray, positions: np.ndarray) -> dict:
+    """How well the adversary, as trained, reads the moved views' positions from the final top:
+    R^2 near 0 is an embedding that no longer tells a view's aspect."""
+    flat = acts.reshape((-1,) + acts.shape[2:])
+    idx = np.flatnonzero(~np.isnan(positions.reshape(-1)))
+    pred = np.concatenate([np.asarray(adv(flat[idx[i:i + 256]].astype(np.float32), training=False)[1]).reshape(-1)
+                           for i in range(0, len(idx), 256)])
+    truth = positions.reshape(-1)[idx]
+    mse = float(np.mean((pred - truth) ** 2))
+    return {"moved_views": int(len(idx)), "position_variance": round(float(np.var(truth)), 6),
+            "adversary_mse": round(mse, 6), "adversary_r2": round(1.0 - mse / float(np.var(truth)), 4)}
+
+
+def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_sources: list[np.ndarray] | None = None,
+          view_positions: np.ndarray | None = None) -> tuple[object, list[dict], dict, BackboneCache | None]:
     """Train ``model``. Returns (the trained model: ``model`` itself, or with ``members`` > 1 one
     model averaging the members' tops on its bottom; per-epoch history rows; summary facts; the
     backbone cache of the cached path, or None from scratch).
@@ -304,7 +340,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
     (:func:`cxr.shift.robustness.acquisition_view`), one per view after the clean view 0, or one per
     view with ``clean_view: false``. ``val`` is the split that early stopping and calibration
     are measured on (with ``select_on: val+counterfactual``, validation and its counterfactual
-    copies)."""
+    copies). ``view_positions`` (``[N, V]``, :func:`cxr.shift.robustness.aspect_positions` of each
+    cached view, NaN where it was not moved) is what ``train.adversary`` reads."""
     import keras
 
     from cxr.imaging.preprocess import to_model_input
@@ -358,7 +395,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
         timings["head_fit_s"] = time.time() - t0
         timings["fine_tune_fit_s"] = 0.0
         initial = _layer_weights(top)
-        members, averaged = [], []
+        members, averaged, adversaries = [], [], []
         for k in range(cfg.members):
             if k:  # another member: the top as loaded, a fresh logit layer, its own seeds
                 _set_layer_weights(top, initial)
@@ -368,10 +405,13 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig,
                 logit_layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
             history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
-                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged)
+                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
+                                   view_positions, adversaries)
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency
+        if adversaries:
+            facts["adversary"] = {"weight": cfg.adversary, "members": adversaries}
         if cfg.members > 1:  # one model: the bottom once, the members' tops side by side
             from cxr.model.network import ensemble
 

@@ -187,6 +187,14 @@ def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tupl
     classes' shifted images cover the same acquisitions. With probability ``to_other`` the image
     goes all the way instead (``t = 1`` for every cue), to the other class's own acquisition: a
     counterweight to views left as acquired, which show each class at its own only."""
+    t_aspect, t_detail = mix_fractions(rng, mix, mode, cues, to_other)
+    return shift(img, label, facts, t_aspect, t_detail)
+
+
+def mix_fractions(rng: np.random.Generator, mix: tuple[float, float], mode: str = "joint",
+                  cues: Iterable[str] = CUES, to_other: float = 0.0) -> tuple[float, float]:
+    """The ``(t_aspect, t_detail)`` that :func:`class_mixed` applies, drawn from ``rng`` in its
+    order, so that whoever needs to know how far a view was moved can draw it again."""
     if mode not in MIX_MODES:
         raise UserError(f"class mixing mode must be one of {MIX_MODES}, got {mode!r}")
     t_aspect, t_detail = rng.uniform(mix[0], mix[1], size=2)
@@ -195,8 +203,7 @@ def class_mixed(img: Image.Image, label: int, facts: ClassAcquisition, mix: tupl
     if to_other and rng.random() < to_other:
         t_aspect = t_detail = 1.0
     cues = set(cues)
-    return shift(img, label, facts, float(t_aspect) if "aspect" in cues else 0.0,
-                 float(t_detail) if "detail" in cues else 0.0)
+    return (float(t_aspect) if "aspect" in cues else 0.0, float(t_detail) if "detail" in cues else 0.0)
 
 
 def _laplacian_level(images: list[Image.Image]) -> float:

@@ -26,7 +26,8 @@ from PIL import Image, ImageFilter, ImageOps
 from cxr import LABELS, UserError
 from cxr.imaging.preprocess import ImagingConfig, preprocess_bytes, preprocess_image
 from cxr.metrics import at_threshold, ranking
-from cxr.shift.acquisition import CUES, MIX_MODES, ClassAcquisition, class_mixed, counterfactual, decode_gray
+from cxr.shift.acquisition import (CUES, MIX_MODES, ClassAcquisition, class_mixed, counterfactual, decode_gray,
+                                   mix_fractions)
 
 
 def _gamma(g: float) -> Callable[[Image.Image], Image.Image]:
@@ -192,6 +193,21 @@ def acquisition_view(raw_dir, rel_paths, labels, how: Reacquire, facts: ClassAcq
         return reacquired(data, int(labels[i]), how, facts, imaging, np.random.default_rng([seed, i]))
 
     return map_images(one, list(range(len(rel_paths))), imaging.image_size, workers)
+
+
+def aspect_positions(labels, how: Reacquire, seed: int) -> np.ndarray:
+    """Where :func:`acquisition_view` with the same ``seed`` put each image's aspect, on the line
+    from NORMAL's acquisition (0) to PNEUMONIA's (1); NaN for images it did not move. Drawn again
+    from the per-image generators, not recorded, so a cached view's position costs nothing to know."""
+    out = np.full(len(labels), np.nan)
+    if how.class_mix is None or "aspect" not in how.mix_cues:
+        return out
+    for i, label in enumerate(int(v) for v in labels):
+        if label in how.mix_classes:
+            t, _ = mix_fractions(np.random.default_rng([seed, i]), how.class_mix, how.mix_mode, how.mix_cues,
+                                 how.to_other)
+            out[i] = t if label == 0 else 1.0 - t
+    return out
 
 
 def counterfactual_view(raw_dir, rel_paths, labels, facts: ClassAcquisition, imaging: ImagingConfig,

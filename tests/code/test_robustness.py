@@ -205,3 +205,34 @@ def test_served_gap_is_zero_for_identical_files_and_measures_a_chain_change():
     assert moved["abs_change"]["median"] > 0.02
     assert moved["mean_probability"]["served"]["NORMAL"] > moved["mean_probability"]["copy"]["NORMAL"]
     assert served_gap([], 0.5, cfg, mean) == {"images": 0}
+
+
+def test_aspect_positions_say_where_acquisition_view_put_each_image(tmp_path):
+    """The position drawn again is the one the view was made with: each image rebuilt from its
+    position alone (shift by t, NORMAL at t, PNEUMONIA at 1 - t) equals the re-acquired view."""
+    from cxr.imaging.preprocess import preprocess_image
+    from cxr.shift.acquisition import ClassAcquisition, decode_gray, shift
+    from cxr.shift.robustness import Reacquire, acquisition_view, aspect_positions
+
+    rels = []
+    for i in range(6):
+        (tmp_path / f"img{i}.jpeg").write_bytes(smooth_xray(i))
+        rels.append(f"img{i}.jpeg")
+    labels = np.array([0, 1] * 3)
+    cfg = ImagingConfig(48)
+    facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(0.8, 1.6))
+    how = Reacquire.from_params({"class_mix": [-0.25, 1.25], "mix_cues": ["aspect"], "to_other": 0.5})
+    views = acquisition_view(tmp_path, rels, labels, how, facts, cfg, seed=3)
+    pos = aspect_positions(labels, how, seed=3)
+    assert pos.shape == (6,) and np.all((pos >= -0.25) & (pos <= 1.25))
+    assert not np.array_equal(pos, aspect_positions(labels, how, seed=4))
+    for i, rel in enumerate(rels):
+        t = pos[i] if labels[i] == 0 else 1.0 - pos[i]
+        rebuilt = preprocess_image(shift(decode_gray((tmp_path / rel).read_bytes()), int(labels[i]), facts, t, 0.0), cfg)
+        assert np.array_equal(rebuilt, views[i])
+    # Images not moved have no position: an unmixed class, or no aspect mixing at all.
+    normal_only = Reacquire.from_params({"class_mix": [0.0, 1.0], "mix_classes": ["NORMAL"]})
+    assert np.isnan(aspect_positions(labels, normal_only, 3)[labels == 1]).all()
+    assert not np.isnan(aspect_positions(labels, normal_only, 3)[labels == 0]).any()
+    for unmoved in (Reacquire(), Reacquire.from_params({"class_mix": [0.0, 1.0], "mix_cues": ["detail"]})):
+        assert np.isnan(aspect_positions(labels, unmoved, 3)).all()

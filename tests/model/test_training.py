@@ -327,3 +327,89 @@ def test_the_cached_path_keeps_the_averaged_top_and_says_which_window():
     assert window["from_epoch"] == 1 and window["to_epoch"] in (1, 2) and window["steps"] >= 3
     auc = roc_auc_score(val_set.labels, batch_logits(logit_model(model), val_set.images, 8))
     assert auc == pytest.approx(facts["weight_average"]["val_auc"], abs=1e-3)
+
+
+def test_the_adversary_takes_the_acquisition_out_of_the_embedding_and_keeps_the_finding():
+    """Views whose "acquisition" channel is their moved position, independent of the label; a
+    two-unit embedding can keep it or drop it. Trained beside the adversary through the gradient
+    reversal, the embedding no longer tells the position (a linear probe's R^2 falls) and the
+    logit still tells the label. Positions of views that were not moved (NaN) weigh nothing."""
+    import keras
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import roc_auc_score
+
+    from cxr.model.cache import PositionBatches, adversarial_top
+
+    rng = np.random.default_rng(0)
+    n = 256
+    labels = (np.arange(n) % 2).astype(np.int8)
+    positions = rng.uniform(-0.25, 1.25, (n, 2))
+    positions[:, 0] = np.nan                                           # view 0: as acquired, not moved
+    acts = np.zeros((n, 2, 4), np.float16)
+    acts[:, :, 0] = (labels[:, None] * 2.0 - 1.0) + rng.normal(0, 0.7, (n, 2))  # the finding
+    acts[:, 0, 1] = labels                                             # as acquired: acquisition tracks the label
+    acts[:, 1, 1] = positions[:, 1]                                    # moved: it does not
+    acts[:, :, 2:] = rng.normal(0, 1, (n, 2, 2))
+    batch = PositionBatches(acts, labels, np.ones(n, np.float32), positions, 32, 0)
+    x, (y, pos), (w, weight) = batch[0]
+    drawn = batch.view[batch.order[:32]]
+    assert np.array_equal(weight, (drawn == 1).astype(np.float32)) and np.all(pos[drawn == 0] == 0)
+    probe, auc = {}, {}
+    for scale in (0.0, 1.0):
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((4,))
+        pooled = keras.layers.Dense(2, name="pooled")(inp)
+        logit = keras.layers.Dense(1, name="logit")(pooled)
+        adversarial_top(inp, logit, pooled, scale, 0.02, 0.0).fit(batch, epochs=40, verbose=0)
+        moved = acts[:, 1].astype(np.float32)
+        emb = np.asarray(keras.Model(inp, pooled)(moved))
+        probe[scale] = LinearRegression().fit(emb, positions[:, 1]).score(emb, positions[:, 1])
+        auc[scale] = roc_auc_score(labels, np.asarray(keras.Model(inp, logit)(moved)).ravel())
+    assert probe[1.0] < 0.3 * probe[0.0], probe
+    assert auc[1.0] > 0.95 and auc[0.0] > 0.95, auc
+
+
+def test_adversary_params_are_checked():
+    from cxr import UserError
+
+    good = dict(seed=1, weights="imagenet", batch_size=8, views=3, head_epochs=1, head_learning_rate=1e-3,
+                fine_tune_epochs=1, fine_tune_learning_rate=1e-4, fine_tune_from="block_15_expand",
+                label_smoothing=0.05, early_stopping_patience=2,
+                reacquire={"class_mix": [-0.25, 1.25], "mix_cues": ["aspect"]})
+    assert TrainConfig.from_params(good).adversary == 0.0
+    assert TrainConfig.from_params({**good, "adversary": 0.5}).adversary == 0.5
+    with pytest.raises(UserError, match="'train.adversary' and 'train.consistency'"):
+        TrainConfig.from_params({**good, "adversary": 0.5, "consistency": 0.1})
+    for lacking in ({"weights": "none"}, {"reacquire": {"class_mix": None}},
+                    {"reacquire": {"class_mix": [0, 1], "mix_cues": ["detail"]}}):
+        with pytest.raises(UserError, match="needs pretrained train.weights and train.reacquire.class_mix"):
+            TrainConfig.from_params({**good, **lacking, "adversary": 0.5})
+    with pytest.raises(UserError, match="train.adversary"):
+        TrainConfig.from_params({**good, "adversary": -1.0})
+
+
+def test_the_cached_path_trains_beside_the_adversary_and_keeps_only_the_screening_model():
+    """train.adversary on the cached path: the history has the adversary's loss, the summary how
+    well it still reads the positions, and the model is the plain network (no adversary layers).
+    A randomly initialised MobileNetV2 stands in for the ImageNet one."""
+    import keras
+
+    from cxr.model.network import Architecture, build, recalibrate_batch_norm
+    from cxr.model.training import train
+
+    train_set, val_set = blobs(24, 96, 0), blobs(12, 96, 1)
+    keras.utils.set_random_seed(1)
+    model = build(96, Architecture(alpha=0.35, dropout=0.1))
+    layers_before = [layer.name for layer in model.layers]
+    recalibrate_batch_norm(model, train_set.images)
+    positions = np.random.default_rng(0).uniform(-0.25, 1.25, (24, 2))
+    positions[:, 0] = np.nan
+    model, history, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", adversary=1.0),
+                                     view_positions=positions)
+    assert [layer.name for layer in model.layers] == layers_before
+    tuned = [row for row in history if row["phase"] == "fine_tune"]
+    assert tuned and all(np.isfinite(row["acquisition_loss"]) and 0 <= row["val_auc"] <= 1 for row in tuned)
+    (fit,) = facts["adversary"]["members"]
+    assert facts["adversary"]["weight"] == 1.0 and fit["moved_views"] == 24
+    assert fit["position_variance"] == pytest.approx(float(np.var(positions[:, 1])), abs=1e-5)
+    assert np.isfinite(fit["adversary_r2"])
