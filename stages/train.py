@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                                          seed=cfg.seed + v) for v in range(1, count + 1)]
         log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
     view_positions = None
-    if cfg.adversary and view_sources:  # where each cached view's aspect was moved, in the cache's view order
+    if view_sources and cfg.reacquire.class_mix is not None and "aspect" in cfg.reacquire.mix_cues:
+        # where each cached view's aspect was moved, in the cache's view order (train.decorrelation; the summary)
         from cxr.shift.robustness import aspect_positions
 
         columns = [aspect_positions(train_split.labels, cfg.reacquire, seed=cfg.seed + v) for v in range(1, count + 1)]

@@ -64,8 +64,8 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
     """Keras PyDataset over cached activations ``[N, V, ...]``, reshuffled each epoch. Unpaired: one
     random view of each image. Paired (the consistency loss): the image as acquired (view 0) beside
     one random other view of it, targets (label, label, 0 gap). With ``positions`` (``[N, V]``, the
-    view's acquisition position, NaN where it was not moved; the adversary): targets (label,
-    position), the position's weight 0 where it is NaN."""
+    view's aspect position, NaN where it was not moved): targets (label, [position, moved, label])
+    for :func:`decorrelated_top`."""
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -90,7 +90,8 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
             if positions is not None:
                 pos = positions[sel, self.view[sel]]
                 moved = ~np.isnan(pos)
-                return other, (y, np.where(moved, pos, 0.0).astype(np.float32)), (w, moved.astype(np.float32))
+                target = np.stack([np.where(moved, pos, 0.0), moved, y], axis=1).astype(np.float32)
+                return other, (y, target), (w, np.ones_like(w))
             if not paired:
                 return other, y, w
             return (acts[sel, 0].astype(np.float32), other), (y, y, np.zeros_like(y)), (w, w, w)
@@ -129,48 +130,37 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float)
     return model
 
 
-def adversarial_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float):
-    """The top (``cut`` activations -> ``logit``) trained beside an adversary that reads, from the
-    ``embedding`` it pools, how far the view's aspect was moved between the classes' acquisitions
-    (Ganin et al. 2016, domain-adversarial training). The adversary learns to read it; through the
-    gradient reversal, scaled by ``weight``, the top learns to leave it unreadable: a healthy film
-    with a sick film's shape should embed as a healthy film. Training only: the top's layers are
-    shared, the adversary is thrown away."""
+def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float):
+    """The top (``cut`` activations -> ``logit``) trained with a penalty, scaled by ``weight``, on
+    how much its pooled ``embedding`` follows how far each view's aspect was moved between the
+    classes' acquisitions, within each class (:func:`aspect_correlation`). A healthy film given a
+    sick film's shape should embed as a healthy film. Training only: the top's layers are shared;
+    the second output is the embedding itself, and nothing of it is kept."""
     import keras
 
-    reversed_embedding = GradientReversal(weight, name="gradient_reversal")(embedding)
-    hidden = keras.layers.Dense(64, activation="relu", name="adversary_hidden")(reversed_embedding)
-    position = keras.layers.Dense(1, name="acquisition")(hidden)
-    model = keras.Model(cut, [keras.layers.Identity(name="screening")(logit), position], name="adversarial_top")
+    model = keras.Model(cut, [keras.layers.Identity(name="screening")(logit),
+                              keras.layers.Identity(name="embedding")(embedding)], name="decorrelated_top")
     bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, "mse"],
-                  metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], []])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, aspect_correlation],
+                  loss_weights=[1.0, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], []])
     return model
 
 
-def _gradient_reversal_layer():
-    import keras
-    import tensorflow as tf
+def aspect_correlation(target, embedding):
+    """Mean over the embedding's units of their squared correlation with the view's position,
+    pooled within the classes (each class centred on its own means, then one correlation over the
+    batch's moved views): a batch-level penalty that a unit telling the classes apart does not pay.
+    ``target`` is ``[B, 3]``: position, 1 where the view was moved (only those count), label.
+    Bounded (a correlation), so fine-tuning cannot buy it down by growing the features."""
+    from keras import ops
 
-    class GradientReversal(keras.layers.Layer):
-        """Identity forward; the gradient multiplied by ``-scale`` backward."""
-
-        def __init__(self, scale: float, **kwargs):
-            super().__init__(**kwargs)
-            self.scale = float(scale)
-
-        def call(self, x):
-            @tf.custom_gradient
-            def reverse(t):
-                return tf.identity(t), lambda dy: -self.scale * dy
-
-            return reverse(x)
-
-        def get_config(self):
-            return {**super().get_config(), "scale": self.scale}
-
-    return GradientReversal
-
-
-def GradientReversal(scale: float, **kwargs):  # noqa: N802 - reads as the class it makes
-    return _gradient_reversal_layer()(scale, **kwargs)
+    position, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
+    e_centred, p_centred = ops.zeros_like(embedding), ops.zeros_like(position)
+    for cls in (0.0, 1.0):
+        w = moved * ops.cast(ops.equal(label, cls), "float32")
+        n = ops.maximum(ops.sum(w), 1.0)
+        e_centred = e_centred + w * (embedding - ops.sum(w * embedding, axis=0, keepdims=True) / n)
+        p_centred = p_centred + w * (position - ops.sum(w * position) / n)
+    cov = ops.sum(e_centred * p_centred, axis=0)
+    corr2 = ops.square(cov) / (ops.sum(ops.square(e_centred), axis=0) * ops.sum(ops.square(p_centred)) + 1e-6)
+    return ops.where(ops.sum(moved) >= 4.0, ops.mean(corr2), 0.0)

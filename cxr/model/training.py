@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr import UserError, params
+from cxr import LABELS, UserError, params
 from cxr.data.dataset import SplitData
-from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, adversarial_top, paired_top,
+from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, decorrelated_top, paired_top,
                              run_in_batches)
 from cxr.model.fitting import batch_logits, compile_binary, weight_average
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
@@ -78,7 +78,7 @@ class TrainConfig:
     consistency: float = 0.0  # weight of (logit(view 0) - logit(another view))^2 in fine-tuning; 0: off
     members: int = 1  # tops trained on the one backbone cache, averaged in one model (cxr.model.network.ensemble)
     weight_average_from: int = 0  # fine-tuning epoch from which the top's weights are averaged over steps; 0: off
-    adversary: float = 0.0  # gradient reversal scale of the view's acquisition position in fine-tuning; 0: off
+    decorrelation: float = 0.0  # weight of the embedding's within-class correlation with the view's aspect position; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -118,16 +118,16 @@ class TrainConfig:
             consistency=float(cfg.get("consistency", 0.0)),
             members=int(cfg.get("members", 1)),
             weight_average_from=params.require({"weight_average_from": 0, **cfg}, "weight_average_from", int, where),
-            adversary=params.require({"adversary": 0.0, **cfg}, "adversary", float, where),
+            decorrelation=params.require({"decorrelation": 0.0, **cfg}, "decorrelation", float, where),
         )
-        params.in_range(out.adversary, 0.0, 10.0, "train.adversary")
-        if out.adversary and out.consistency:
-            raise UserError("params.yaml: 'train.adversary' and 'train.consistency' are two ways of training the top; "
-                            "set one of them to 0")
-        if out.adversary and (out.weights is None or out.reacquire.class_mix is None
-                              or "aspect" not in out.reacquire.mix_cues):
-            raise UserError("params.yaml: 'train.adversary' reads how far each cached view's aspect was moved: it needs "
-                            "pretrained train.weights and train.reacquire.class_mix with 'aspect' in mix_cues")
+        params.in_range(out.decorrelation, 0.0, 100.0, "train.decorrelation")
+        if out.decorrelation and out.consistency:
+            raise UserError("params.yaml: 'train.decorrelation' and 'train.consistency' are two ways of training the "
+                            "top; set one of them to 0")
+        if out.decorrelation and (out.weights is None or out.reacquire.class_mix is None
+                                  or "aspect" not in out.reacquire.mix_cues):
+            raise UserError("params.yaml: 'train.decorrelation' reads how far each cached view's aspect was moved: it "
+                            "needs pretrained train.weights and train.reacquire.class_mix with 'aspect' in mix_cues")
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
@@ -187,16 +187,16 @@ def augmenter(aug: Augment, seed: int):
 
 def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     h = {k.replace("clean_", ""): v for k, v in history.history.items()}  # the paired model's clean output
-    adversarial = "screening_loss" in h  # the screening output's own figures; the adversary's loss beside them
-    if adversarial:
+    decorrelated = "screening_loss" in h  # the screening output's own figures; the penalty beside them
+    if decorrelated:
         h = {**h, **{k.replace("screening_", ""): v for k, v in h.items() if "screening_" in k}}
     n = len(h.get("loss", []))
     rows = []
     for i in range(n):
         row = {"epoch": start_epoch + i + 1, "phase": phase}
         row.update({k: round(float(h[k][i]), 6) for k in ("loss", "auc", "val_loss", "val_auc")})
-        if adversarial:
-            row["acquisition_loss"] = round(float(h["acquisition_loss"][i]), 6)
+        if decorrelated:
+            row["aspect_correlation"] = round(float(h["embedding_loss"][i]), 6)
         rows.append(row)
     return rows
 
@@ -255,7 +255,7 @@ def _member_seed(seed: int, member: int) -> int:
 
 def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
                 y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list,
-                positions: np.ndarray | None = None, adversaries: list | None = None) -> list[dict]:
+                positions: np.ndarray | None = None) -> list[dict]:
     """One member: the head on the frozen network's pooled features, then the top of the backbone
     (batch norms frozen) on the cached activations, its weights averaged over steps with
     ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result."""
@@ -283,8 +283,8 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
         on_pairs = cfg.consistency > 0 and train_acts.shape[1] > 1
-        adversarial = cfg.adversary > 0 and positions is not None
-        monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if adversarial else "val_auc"
+        decorrelated = cfg.decorrelation > 0 and positions is not None
+        monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if decorrelated else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
@@ -294,16 +294,15 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                            validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
                            epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
-        elif adversarial:
+        elif decorrelated:
             cut = model.get_layer(cfg.fine_tune_from).input
-            adv = adversarial_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
-                                  cfg.adversary, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            pair = decorrelated_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
+                                    cfg.decorrelation, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             v32 = val_acts.astype(np.float32)
-            h = adv.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1),
-                        validation_data=(v32, (y_val, np.zeros_like(y_val)), (np.ones_like(y_val), np.zeros_like(y_val))),
-                        epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
-            if adversaries is not None:
-                adversaries.append(_adversary_fit(adv, train_acts, positions))
+            unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
+            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1),
+                         validation_data=(v32, (y_val, unmoved)), epochs=cfg.fine_tune_epochs, verbose=2,
+                         callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
@@ -316,17 +315,23 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
     return history
 
 
-def _adversary_fit(adv, acts: np.ndarray, positions: np.ndarray) -> dict:
-    """How well the adversary, as trained, reads the moved views' positions from the final top:
-    R^2 near 0 is an embedding that no longer tells a view's aspect."""
+def aspect_response(top, acts: np.ndarray, positions: np.ndarray, labels: np.ndarray, limit: int = 2000) -> dict:
+    """Per class, the correlation between the trained top's logit and how far each moved cached
+    view's aspect was moved (the response the proxy's drop is made of): near 0, the score no
+    longer follows the film's shape."""
     flat = acts.reshape((-1,) + acts.shape[2:])
-    idx = np.flatnonzero(~np.isnan(positions.reshape(-1)))
-    pred = np.concatenate([np.asarray(adv(flat[idx[i:i + 256]].astype(np.float32), training=False)[1]).reshape(-1)
-                           for i in range(0, len(idx), 256)])
-    truth = positions.reshape(-1)[idx]
-    mse = float(np.mean((pred - truth) ** 2))
-    return {"moved_views": int(len(idx)), "position_variance": round(float(np.var(truth)), 6),
-            "adversary_mse": round(mse, 6), "adversary_r2": round(1.0 - mse / float(np.var(truth)), 4)}
+    pos = positions.reshape(-1)
+    lab = np.repeat(labels, positions.shape[1])
+    idx = np.flatnonzero(~np.isnan(pos))
+    idx = idx[:: max(1, len(idx) // limit)]  # a fixed, evenly spread subsample: a forward pass each
+    logits = np.concatenate([np.asarray(top(flat[idx[i:i + 256]].astype(np.float32), training=False)).reshape(-1)
+                             for i in range(0, len(idx), 256)])
+    out = {"views_scored": int(len(idx))}
+    for cls, name in enumerate(LABELS):
+        sel = lab[idx] == cls
+        if sel.sum() >= 3:
+            out[f"logit_position_correlation_{name}"] = round(float(np.corrcoef(logits[sel], pos[idx][sel])[0, 1]), 4)
+    return out
 
 
 def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_sources: list[np.ndarray] | None = None,
@@ -341,7 +346,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
     view with ``clean_view: false``. ``val`` is the split that early stopping and calibration
     are measured on (with ``select_on: val+counterfactual``, validation and its counterfactual
     copies). ``view_positions`` (``[N, V]``, :func:`cxr.shift.robustness.aspect_positions` of each
-    cached view, NaN where it was not moved) is what ``train.adversary`` reads."""
+    cached view, NaN where it was not moved) is what ``train.decorrelation`` reads; with them the
+    summary says how the trained top's score follows the moved views' shape."""
     import keras
 
     from cxr.imaging.preprocess import to_model_input
@@ -395,7 +401,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         timings["head_fit_s"] = time.time() - t0
         timings["fine_tune_fit_s"] = 0.0
         initial = _layer_weights(top)
-        members, averaged, adversaries = [], [], []
+        members, averaged = [], []
         for k in range(cfg.members):
             if k:  # another member: the top as loaded, a fresh logit layer, its own seeds
                 _set_layer_weights(top, initial)
@@ -406,12 +412,10 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
             history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
                                    sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
-                                   view_positions, adversaries)
+                                   view_positions)
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency
-        if adversaries:
-            facts["adversary"] = {"weight": cfg.adversary, "members": adversaries}
         if cfg.members > 1:  # one model: the bottom once, the members' tops side by side
             from cxr.model.network import ensemble
 
@@ -423,6 +427,10 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
             [np.asarray(top(val_acts[i : i + 256].astype(np.float32), training=False)).reshape(-1)
              for i in range(0, len(val_acts), 256)]
         )
+        if view_positions is not None:
+            facts["aspect_response"] = aspect_response(top, train_acts, view_positions, train.labels)
+        if cfg.fine_tune_epochs and cfg.decorrelation > 0 and view_positions is not None:
+            facts["decorrelation"] = cfg.decorrelation
         if averaged:  # the window(s) averaged, and what the averaged model scores on validation
             from sklearn.metrics import roc_auc_score
 

@@ -329,16 +329,16 @@ def test_the_cached_path_keeps_the_averaged_top_and_says_which_window():
     assert auc == pytest.approx(facts["weight_average"]["val_auc"], abs=1e-3)
 
 
-def test_the_adversary_takes_the_acquisition_out_of_the_embedding_and_keeps_the_finding():
+def test_the_decorrelation_takes_the_aspect_out_of_the_embedding_and_keeps_the_finding():
     """Views whose "acquisition" channel is their moved position, independent of the label; a
-    two-unit embedding can keep it or drop it. Trained beside the adversary through the gradient
-    reversal, the embedding no longer tells the position (a linear probe's R^2 falls) and the
-    logit still tells the label. Positions of views that were not moved (NaN) weigh nothing."""
+    two-unit embedding can keep it or drop it. Trained with the penalty, the embedding no longer
+    tells the position (a linear probe's R^2 falls) and the logit still tells the label. Views
+    that were not moved (NaN) do not count."""
     import keras
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import roc_auc_score
 
-    from cxr.model.cache import PositionBatches, adversarial_top
+    from cxr.model.cache import PositionBatches, decorrelated_top
 
     rng = np.random.default_rng(0)
     n = 256
@@ -351,47 +351,67 @@ def test_the_adversary_takes_the_acquisition_out_of_the_embedding_and_keeps_the_
     acts[:, 1, 1] = positions[:, 1]                                    # moved: it does not
     acts[:, :, 2:] = rng.normal(0, 1, (n, 2, 2))
     batch = PositionBatches(acts, labels, np.ones(n, np.float32), positions, 32, 0)
-    x, (y, pos), (w, weight) = batch[0]
+    x, (y, target), _ = batch[0]
     drawn = batch.view[batch.order[:32]]
-    assert np.array_equal(weight, (drawn == 1).astype(np.float32)) and np.all(pos[drawn == 0] == 0)
+    assert np.array_equal(target[:, 1], (drawn == 1).astype(np.float32)) and np.all(target[drawn == 0, 0] == 0)
+    assert np.array_equal(target[:, 2], y)
     probe, auc = {}, {}
-    for scale in (0.0, 1.0):
+    for weight in (0.0, 3.0):
         keras.utils.set_random_seed(1)
         inp = keras.Input((4,))
         pooled = keras.layers.Dense(2, name="pooled")(inp)
         logit = keras.layers.Dense(1, name="logit")(pooled)
-        adversarial_top(inp, logit, pooled, scale, 0.02, 0.0).fit(batch, epochs=40, verbose=0)
+        decorrelated_top(inp, logit, pooled, weight, 0.02, 0.0).fit(batch, epochs=40, verbose=0)
         moved = acts[:, 1].astype(np.float32)
         emb = np.asarray(keras.Model(inp, pooled)(moved))
-        probe[scale] = LinearRegression().fit(emb, positions[:, 1]).score(emb, positions[:, 1])
-        auc[scale] = roc_auc_score(labels, np.asarray(keras.Model(inp, logit)(moved)).ravel())
-    assert probe[1.0] < 0.3 * probe[0.0], probe
-    assert auc[1.0] > 0.95 and auc[0.0] > 0.95, auc
+        probe[weight] = LinearRegression().fit(emb, positions[:, 1]).score(emb, positions[:, 1])
+        auc[weight] = roc_auc_score(labels, np.asarray(keras.Model(inp, logit)(moved)).ravel())
+    assert probe[3.0] < 0.3 * probe[0.0], probe
+    assert auc[3.0] > 0.95 and auc[0.0] > 0.95, auc
 
 
-def test_adversary_params_are_checked():
+def test_the_aspect_correlation_is_within_class_and_only_on_moved_views():
+    """The penalty reads within the classes: a unit that tracks the label (and so, across both
+    classes, the clean views' acquisition) costs next to nothing; one that tracks the position
+    costs its squared correlation; unmoved views are left out."""
+    from cxr.model.cache import aspect_correlation
+
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 1, 40)
+    label = (np.arange(40) % 2).astype(float)
+    target = np.stack([pos, np.ones(40), label], axis=1).astype(np.float32)
+    tracks_label = np.stack([label, rng.normal(size=40)], axis=1).astype(np.float32)
+    tracks_position = np.stack([pos, pos], axis=1).astype(np.float32)
+    assert float(aspect_correlation(target, tracks_label)) < 0.3
+    assert float(aspect_correlation(target, tracks_position)) == pytest.approx(1.0, abs=1e-3)
+    unmoved = target.copy()
+    unmoved[:, 1] = 0.0
+    assert float(aspect_correlation(unmoved, tracks_position)) == 0.0
+
+
+def test_decorrelation_params_are_checked():
     from cxr import UserError
 
     good = dict(seed=1, weights="imagenet", batch_size=8, views=3, head_epochs=1, head_learning_rate=1e-3,
                 fine_tune_epochs=1, fine_tune_learning_rate=1e-4, fine_tune_from="block_15_expand",
                 label_smoothing=0.05, early_stopping_patience=2,
                 reacquire={"class_mix": [-0.25, 1.25], "mix_cues": ["aspect"]})
-    assert TrainConfig.from_params(good).adversary == 0.0
-    assert TrainConfig.from_params({**good, "adversary": 0.5}).adversary == 0.5
-    with pytest.raises(UserError, match="'train.adversary' and 'train.consistency'"):
-        TrainConfig.from_params({**good, "adversary": 0.5, "consistency": 0.1})
+    assert TrainConfig.from_params(good).decorrelation == 0.0
+    assert TrainConfig.from_params({**good, "decorrelation": 0.5}).decorrelation == 0.5
+    with pytest.raises(UserError, match="'train.decorrelation' and 'train.consistency'"):
+        TrainConfig.from_params({**good, "decorrelation": 0.5, "consistency": 0.1})
     for lacking in ({"weights": "none"}, {"reacquire": {"class_mix": None}},
                     {"reacquire": {"class_mix": [0, 1], "mix_cues": ["detail"]}}):
         with pytest.raises(UserError, match="needs pretrained train.weights and train.reacquire.class_mix"):
-            TrainConfig.from_params({**good, **lacking, "adversary": 0.5})
-    with pytest.raises(UserError, match="train.adversary"):
-        TrainConfig.from_params({**good, "adversary": -1.0})
+            TrainConfig.from_params({**good, **lacking, "decorrelation": 0.5})
+    with pytest.raises(UserError, match="train.decorrelation"):
+        TrainConfig.from_params({**good, "decorrelation": -1.0})
 
 
-def test_the_cached_path_trains_beside_the_adversary_and_keeps_only_the_screening_model():
-    """train.adversary on the cached path: the history has the adversary's loss, the summary how
-    well it still reads the positions, and the model is the plain network (no adversary layers).
-    A randomly initialised MobileNetV2 stands in for the ImageNet one."""
+def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model():
+    """train.decorrelation on the cached path: the history has the penalty, the summary how the
+    top's score follows the moved views' shape, and the model is the plain network. A randomly
+    initialised MobileNetV2 stands in for the ImageNet one."""
     import keras
 
     from cxr.model.network import Architecture, build, recalibrate_batch_norm
@@ -404,12 +424,12 @@ def test_the_cached_path_trains_beside_the_adversary_and_keeps_only_the_screenin
     recalibrate_batch_norm(model, train_set.images)
     positions = np.random.default_rng(0).uniform(-0.25, 1.25, (24, 2))
     positions[:, 0] = np.nan
-    model, history, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", adversary=1.0),
+    model, history, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", decorrelation=1.0),
                                      view_positions=positions)
     assert [layer.name for layer in model.layers] == layers_before
     tuned = [row for row in history if row["phase"] == "fine_tune"]
-    assert tuned and all(np.isfinite(row["acquisition_loss"]) and 0 <= row["val_auc"] <= 1 for row in tuned)
-    (fit,) = facts["adversary"]["members"]
-    assert facts["adversary"]["weight"] == 1.0 and fit["moved_views"] == 24
-    assert fit["position_variance"] == pytest.approx(float(np.var(positions[:, 1])), abs=1e-5)
-    assert np.isfinite(fit["adversary_r2"])
+    assert tuned and all(0 <= row["aspect_correlation"] <= 1 and 0 <= row["val_auc"] <= 1 for row in tuned)
+    assert facts["decorrelation"] == 1.0
+    response = facts["aspect_response"]
+    assert response["views_scored"] == 24
+    assert all(-1 <= response[f"logit_position_correlation_{c}"] <= 1 for c in ("NORMAL", "PNEUMONIA"))
