@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
-    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS)
+    extra = [c for c in ("aspect_correlation",) if any(c in row for row in history)]  # train.decorrelation's penalty
+    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS + extra)
     fit_started = time.time()
     if cache is None:  # from scratch: the network is small, every image goes through it
         detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
