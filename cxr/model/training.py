@@ -124,10 +124,11 @@ class TrainConfig:
         if out.decorrelation and out.consistency:
             raise UserError("params.yaml: 'train.decorrelation' and 'train.consistency' are two ways of training the "
                             "top; set one of them to 0")
-        if out.decorrelation and (out.weights is None or out.reacquire.class_mix is None
-                                  or "aspect" not in out.reacquire.mix_cues):
+        # From scratch (weights: none) caches no views, so there is nothing to read: the knob waits for the real data.
+        if out.decorrelation and out.weights is not None and (out.reacquire.class_mix is None
+                                                              or "aspect" not in out.reacquire.mix_cues):
             raise UserError("params.yaml: 'train.decorrelation' reads how far each cached view's aspect was moved: it "
-                            "needs pretrained train.weights and train.reacquire.class_mix with 'aspect' in mix_cues")
+                            "needs train.reacquire.class_mix with 'aspect' in mix_cues")
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
