@@ -23,6 +23,13 @@ def decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
 
 
+def six_films(folder) -> tuple[list[str], np.ndarray]:
+    """Six smooth films written to ``folder``, NORMAL and PNEUMONIA in turn: (names, labels)."""
+    rels = [f"img{i}.jpeg" for i in range(6)]
+    for i, rel in enumerate(rels):
+        (folder / rel).write_bytes(smooth_xray(i))
+    return rels, np.array([0, 1] * 3)
+
 def test_each_perturbation_gives_a_decodable_image_of_the_same_size():
     data = smooth_xray(0)
     for name in PERTURBATIONS:
@@ -85,11 +92,7 @@ def test_acquisition_view_is_seeded_per_image_and_differs_from_the_clean_images(
     from cxr.shift.acquisition import ClassAcquisition, decode_gray
     from cxr.shift.robustness import Reacquire, acquisition_view, random_acquisition
 
-    rels = []
-    for i in range(6):
-        (tmp_path / f"img{i}.jpeg").write_bytes(smooth_xray(i))
-        rels.append(f"img{i}.jpeg")
-    labels = np.array([0, 1] * 3)
+    rels, labels = six_films(tmp_path)
     cfg = ImagingConfig(48)
     facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(0.8, 1.6))
     how = Reacquire(class_mix=(-0.25, 1.25), generic=True)
@@ -214,11 +217,7 @@ def test_aspect_positions_say_where_acquisition_view_put_each_image(tmp_path):
     from cxr.shift.acquisition import ClassAcquisition, decode_gray, shift
     from cxr.shift.robustness import Reacquire, acquisition_view, aspect_positions
 
-    rels = []
-    for i in range(6):
-        (tmp_path / f"img{i}.jpeg").write_bytes(smooth_xray(i))
-        rels.append(f"img{i}.jpeg")
-    labels = np.array([0, 1] * 3)
+    rels, labels = six_films(tmp_path)
     cfg = ImagingConfig(48)
     facts = ClassAcquisition(aspect=(1.2, 1.5), detail_gain=(0.8, 1.6))
     how = Reacquire.from_params({"class_mix": [-0.25, 1.25], "mix_cues": ["aspect"], "to_other": 0.5})
