@@ -128,7 +128,7 @@ class TrainConfig:
         if out.decorrelation and out.weights is not None and (out.reacquire.class_mix is None
                                                               or "aspect" not in out.reacquire.mix_cues):
             raise UserError("params.yaml: 'train.decorrelation' reads how far each cached view's aspect was moved: it "
-                            "needs train.reacquire.class_mix with 'aspect' in mix_cues")
+                            "needs train.reacquire.class_mix with 'aspect' in mix_cues (or set train.decorrelation: 0)")
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
