@@ -3,8 +3,10 @@ batches fine-tuning draws from it.
 
 The frozen bottom runs once per view over every training image (on :mod:`cxr.model.inference`'s
 runtime) and its activations are kept in float16; fine-tuning then draws one random view of each
-image per epoch, or, with a consistency weight, the image as acquired beside another view of it.
-The cache is handed on (:class:`BackboneCache`) to whoever needs the same images again.
+image per epoch, or, with a consistency weight, the image as acquired beside another view of it,
+or, with the decorrelation penalty, with how far that view's aspect was moved. The training-only
+models those losses need, and how a trained top's score follows the moved views' shape, are here
+too. The cache is handed on (:class:`BackboneCache`) to whoever needs the same images again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from cxr import LABELS
 
 
 def _image_batches(images: np.ndarray, batch_size: int, augment=None):
@@ -164,3 +168,22 @@ def aspect_correlation(target, embedding):
     cov = ops.sum(e_centred * p_centred, axis=0)
     corr2 = ops.square(cov) / (ops.sum(ops.square(e_centred), axis=0) * ops.sum(ops.square(p_centred)) + 1e-6)
     return ops.where(ops.sum(moved) >= 4.0, ops.mean(corr2), 0.0)
+
+
+def aspect_response(top, acts: np.ndarray, positions: np.ndarray, labels: np.ndarray, limit: int = 2000) -> dict:
+    """Per class, the correlation between the trained top's logit and how far each moved cached
+    view's aspect was moved (the response the proxy's drop is made of): near 0, the score no
+    longer follows the film's shape."""
+    flat = acts.reshape((-1,) + acts.shape[2:])
+    pos = positions.reshape(-1)
+    lab = np.repeat(labels, positions.shape[1])
+    idx = np.flatnonzero(~np.isnan(pos))
+    idx = idx[:: max(1, len(idx) // limit)]  # a fixed, evenly spread subsample: a forward pass each
+    logits = np.concatenate([np.asarray(top(flat[idx[i:i + 256]].astype(np.float32), training=False)).reshape(-1)
+                             for i in range(0, len(idx), 256)])
+    out = {"views_scored": int(len(idx))}
+    for cls, name in enumerate(LABELS):
+        sel = lab[idx] == cls
+        if sel.sum() >= 3:
+            out[f"logit_position_correlation_{name}"] = round(float(np.corrcoef(logits[sel], pos[idx][sel])[0, 1]), 4)
+    return out

@@ -1,6 +1,7 @@
 """What both training schedules share (the cached path of :mod:`cxr.model.training` and
 :mod:`cxr.model.from_scratch`): compiling a logit model with the loss and metric they train
-with, and logits over images in batches."""
+with, logits over images in batches, and the Platt scaling that calibrates what they trained
+(the subtype head's too)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,32 @@ def weight_average(from_epoch: int, monitor: str = "val_auc"):
                 variable.assign(value.astype(variable.dtype))
 
     return WeightAverage()
+
+
+def separable(logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Every PNEUMONIA logit above every NORMAL one: the maximum-likelihood Platt slope is infinite."""
+    labels = np.asarray(labels)
+    return bool(labels.any() and (~labels.astype(bool)).any()
+                and logits[labels == 1].min() > logits[labels == 0].max())
+
+
+def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(scale, bias) with ``sigmoid(scale * logit + bias)`` calibrated on validation.
+
+    On a separable validation split the fit uses Platt's (1999) targets, (N+ + 1) / (N+ + 2)
+    and 1 / (N- + 2) instead of 1 and 0: the plain fit's slope grows without bound and every
+    probability would read 0 or 1."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = logits.reshape(-1, 1).astype(np.float64)
+    labels = np.asarray(labels).astype(int)
+    lr = LogisticRegression(C=1e4, max_iter=1000)
+    if separable(logits, labels):
+        pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
+        target = np.where(labels == 1, (pos + 1) / (pos + 2), 1 / (neg + 2))
+        # soft targets as two weighted copies of each point
+        lr.fit(np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))],
+               sample_weight=np.r_[target, 1 - target])
+    else:
+        lr.fit(x, labels)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])

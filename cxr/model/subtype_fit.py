@@ -9,7 +9,7 @@ The fit itself: class-weighted logistic loss with an L2 penalty on standardised 
 gradient descent from zero with Nesterov momentum at a step that cannot diverge (1 / L, L the
 loss's largest curvature: a quarter of the weighted features' largest eigenvalue, plus the
 penalty), early-stopped on the validation films' ROC AUC (ties: their loss), the best step kept,
-then Platt scaling on the validation films (:func:`cxr.model.training.platt_scaling`). Gradient
+then Platt scaling on the validation films (:func:`cxr.model.fitting.platt_scaling`). Gradient
 descent from zero stopped early walks the ridge path from the prior (all films alike) outwards;
 deterministic, and no random state is drawn.
 """
@@ -61,7 +61,7 @@ def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.n
     """The head on training embeddings ``[M, D]`` (every view of each film) with labels 1 bacterial /
     0 viral, early-stopped and Platt-calibrated on the validation films' embeddings. ``films``: how
     many films each side has (views counted once), for the record."""
-    from cxr.model.training import platt_scaling, separable
+    from cxr.model.fitting import platt_scaling, separable
 
     train_y, val_y = np.asarray(train_y).astype(int), np.asarray(val_y).astype(int)
     films = films or {"train": _counts(train_y), "val": _counts(val_y)}

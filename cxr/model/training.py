@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr import LABELS, UserError, params
+from cxr import UserError, params
 from cxr.data.dataset import SplitData
-from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, decorrelated_top, paired_top,
-                             run_in_batches)
-from cxr.model.fitting import batch_logits, compile_binary, weight_average
+from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, aspect_response,
+                             decorrelated_top, paired_top, run_in_batches)
+from cxr.model.fitting import batch_logits, compile_binary, platt_scaling, separable, weight_average
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
 from cxr.model.inference import RUNTIMES
 from cxr.shift.robustness import Reacquire
@@ -210,35 +210,6 @@ def _early_stopping(patience: int, monitor: str = "val_auc"):
     )
 
 
-def separable(logits: np.ndarray, labels: np.ndarray) -> bool:
-    """Every PNEUMONIA logit above every NORMAL one: the maximum-likelihood Platt slope is infinite."""
-    labels = np.asarray(labels)
-    return bool(labels.any() and (~labels.astype(bool)).any()
-                and logits[labels == 1].min() > logits[labels == 0].max())
-
-
-def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(scale, bias) with ``sigmoid(scale * logit + bias)`` calibrated on validation.
-
-    On a separable validation split the fit uses Platt's (1999) targets, (N+ + 1) / (N+ + 2)
-    and 1 / (N- + 2) instead of 1 and 0: the plain fit's slope grows without bound and every
-    probability would read 0 or 1."""
-    from sklearn.linear_model import LogisticRegression
-
-    x = logits.reshape(-1, 1).astype(np.float64)
-    labels = np.asarray(labels).astype(int)
-    lr = LogisticRegression(C=1e4, max_iter=1000)
-    if separable(logits, labels):
-        pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
-        target = np.where(labels == 1, (pos + 1) / (pos + 2), 1 / (neg + 2))
-        # soft targets as two weighted copies of each point
-        lr.fit(np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))],
-               sample_weight=np.r_[target, 1 - target])
-    else:
-        lr.fit(x, labels)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
-
-
 def _layer_weights(model) -> dict[str, list[np.ndarray]]:
     return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
 
@@ -314,25 +285,6 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             averaged.append(callbacks[-1].summary)
     timings["fine_tune_fit_s"] += time.time() - t0
     return history
-
-
-def aspect_response(top, acts: np.ndarray, positions: np.ndarray, labels: np.ndarray, limit: int = 2000) -> dict:
-    """Per class, the correlation between the trained top's logit and how far each moved cached
-    view's aspect was moved (the response the proxy's drop is made of): near 0, the score no
-    longer follows the film's shape."""
-    flat = acts.reshape((-1,) + acts.shape[2:])
-    pos = positions.reshape(-1)
-    lab = np.repeat(labels, positions.shape[1])
-    idx = np.flatnonzero(~np.isnan(pos))
-    idx = idx[:: max(1, len(idx) // limit)]  # a fixed, evenly spread subsample: a forward pass each
-    logits = np.concatenate([np.asarray(top(flat[idx[i:i + 256]].astype(np.float32), training=False)).reshape(-1)
-                             for i in range(0, len(idx), 256)])
-    out = {"views_scored": int(len(idx))}
-    for cls, name in enumerate(LABELS):
-        sel = lab[idx] == cls
-        if sel.sum() >= 3:
-            out[f"logit_position_correlation_{name}"] = round(float(np.corrcoef(logits[sel], pos[idx][sel])[0, 1]), 4)
-    return out
 
 
 def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_sources: list[np.ndarray] | None = None,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cxr.data.dataset import SplitData
-from cxr.model.training import Augment, TrainConfig, augmenter, class_weights, platt_scaling
+from cxr.model.fitting import platt_scaling
+from cxr.model.training import Augment, TrainConfig, augmenter, class_weights
 
 from tests.shared_paths import WEIGHTS, needs_weights
 
