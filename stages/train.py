@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                                          seed=cfg.seed + v) for v in range(1, count + 1)]
         log.info("%d views from re-acquired raw images (%.0f s)", len(view_sources), time.time() - started)
     view_positions = None
-    if view_sources and cfg.reacquire.class_mix is not None and "aspect" in cfg.reacquire.mix_cues:
+    if view_sources and cfg.reacquire.moves_aspect:
         # where each cached view's aspect was moved, in the cache's view order (train.decorrelation; the summary)
         from cxr.shift.robustness import aspect_positions
 
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
-    extra = [c for c in ("aspect_correlation",) if any(c in row for row in history)]  # train.decorrelation's penalty
-    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS + extra)
+    penalty = ["aspect_correlation"] if any("aspect_correlation" in row for row in history) else []  # decorrelation
+    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS + penalty)
     fit_started = time.time()
     if cache is None:  # from scratch: the network is small, every image goes through it
         detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,

@@ -125,8 +125,7 @@ class TrainConfig:
             raise UserError("params.yaml: 'train.decorrelation' and 'train.consistency' are two ways of training the "
                             "top; set one of them to 0")
         # From scratch (weights: none) caches no views, so there is nothing to read: the knob waits for the real data.
-        if out.decorrelation and out.weights is not None and (out.reacquire.class_mix is None
-                                                              or "aspect" not in out.reacquire.mix_cues):
+        if out.decorrelation and out.weights is not None and not out.reacquire.moves_aspect:
             raise UserError("params.yaml: 'train.decorrelation' reads how far each cached view's aspect was moved: it "
                             "needs train.reacquire.class_mix with 'aspect' in mix_cues (or set train.decorrelation: 0)")
         if out.frozen_runtime not in RUNTIMES:

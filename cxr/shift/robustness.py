@@ -157,6 +157,11 @@ class Reacquire:
     def active(self) -> bool:
         return self.class_mix is not None or self.generic
 
+    @property
+    def moves_aspect(self) -> bool:
+        """Class mixing moves the aspect: the views have positions (:func:`aspect_positions`)."""
+        return self.class_mix is not None and "aspect" in self.mix_cues
+
     def to_dict(self) -> dict:
         return {"class_mix": list(self.class_mix) if self.class_mix else None, "mix_mode": self.mix_mode,
                 "mix_cues": list(self.mix_cues), "mix_classes": [LABELS[i] for i in self.mix_classes],
@@ -200,7 +205,7 @@ def aspect_positions(labels, how: Reacquire, seed: int) -> np.ndarray:
     from NORMAL's acquisition (0) to PNEUMONIA's (1); NaN for images it did not move. Drawn again
     from the per-image generators, not recorded, so a cached view's position costs nothing to know."""
     out = np.full(len(labels), np.nan)
-    if how.class_mix is None or "aspect" not in how.mix_cues:
+    if not how.moves_aspect:
         return out
     for i, label in enumerate(int(v) for v in labels):
         if label in how.mix_classes:
