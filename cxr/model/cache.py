@@ -64,12 +64,13 @@ class BackboneCache:
                                                      dtype=np.float32))
 
 
-def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool, positions=None):
+def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool, positions=None,
+                    penalties: int = 1):
     """Keras PyDataset over cached activations ``[N, V, ...]``, reshuffled each epoch. Unpaired: one
     random view of each image. Paired (the consistency loss): the image as acquired (view 0) beside
     one random other view of it, targets (label, label, 0 gap). With ``positions`` (``[N, V]``, the
     view's aspect position, NaN where it was not moved): targets (label, [position, moved, label])
-    for :func:`decorrelated_top`."""
+    for :func:`decorrelated_top`, once per penalty."""
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -91,11 +92,11 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
             sel = self.order[idx * batch_size : (idx + 1) * batch_size]
             other = acts[sel, self.view[sel]].astype(np.float32)
             y, w = self.labels[sel], weights[sel]
-            if positions is not None:
+            if positions is not None and penalties:
                 pos = positions[sel, self.view[sel]]
                 moved = ~np.isnan(pos)
                 target = np.stack([np.where(moved, pos, 0.0), moved, y], axis=1).astype(np.float32)
-                return other, (y, target), (w, np.ones_like(w))
+                return other, (y,) + (target,) * penalties, (w,) + (np.ones_like(w),) * penalties
             if not paired:
                 return other, y, w
             return (acts[sel, 0].astype(np.float32), other), (y, y, np.zeros_like(y)), (w, w, w)
@@ -108,9 +109,11 @@ def ViewBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N80
     return _cached_batches(acts, labels, weights, batch_size, seed, paired=False)
 
 
-def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int):  # noqa: N802
-    """One random view of each image per epoch, with where that view's acquisition was moved."""
-    return _cached_batches(acts, labels, weights, batch_size, seed, paired=False, positions=positions)
+def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int, penalties: int = 1):  # noqa: N802
+    """One random view of each image per epoch, with where that view's acquisition was moved (as
+    many times as :func:`decorrelated_top` has penalties)."""
+    return _cached_batches(acts, labels, weights, batch_size, seed, paired=False, positions=positions,
+                           penalties=penalties)
 
 
 def PairBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
@@ -134,19 +137,29 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float)
     return model
 
 
-def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float):
+def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float,
+                     logit_weight: float = 0.0):
     """The top (``cut`` activations -> ``logit``) trained with a penalty, scaled by ``weight``, on
     how much its pooled ``embedding`` follows how far each view's aspect was moved between the
-    classes' acquisitions, within each class (:func:`aspect_correlation`). A healthy film given a
-    sick film's shape should embed as a healthy film. Training only: the top's layers are shared;
-    the second output is the embedding itself, and nothing of it is kept."""
+    classes' acquisitions, within each class (:func:`aspect_correlation`), and one, scaled by
+    ``logit_weight``, on how much the logit itself does: the mean over the embedding's units is
+    carried by units the logit hardly reads. A healthy film given a sick film's shape should embed
+    and score as a healthy film. Training only: the top's layers are shared; the other outputs are
+    the penalised tensors themselves, and nothing of them is kept."""
     import keras
 
-    model = keras.Model(cut, [keras.layers.Identity(name="screening")(logit),
-                              keras.layers.Identity(name="embedding")(embedding)], name="decorrelated_top")
+    outputs, losses, weights = [keras.layers.Identity(name="screening")(logit)], [], [1.0]
+    if weight > 0:
+        outputs.append(keras.layers.Identity(name="embedding")(embedding))
+        weights.append(weight)
+    if logit_weight > 0:
+        outputs.append(keras.layers.Identity(name="logit_position")(logit))
+        weights.append(logit_weight)
+    model = keras.Model(cut, outputs, name="decorrelated_top")
     bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, aspect_correlation],
-                  loss_weights=[1.0, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], []])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce] + [aspect_correlation] * (len(outputs) - 1),
+                  loss_weights=weights,
+                  metrics=[[keras.metrics.AUC(from_logits=True, name="auc")]] + [[]] * (len(outputs) - 1))
     return model
 
 

@@ -79,6 +79,7 @@ class TrainConfig:
     members: int = 1  # tops trained on the one backbone cache, averaged in one model (cxr.model.network.ensemble)
     weight_average_from: int = 0  # fine-tuning epoch from which the top's weights are averaged over steps; 0: off
     decorrelation: float = 0.0  # weight of the embedding's within-class correlation with the view's aspect position; 0: off
+    logit_decorrelation: float = 0.0  # the same penalty on the logit itself; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -119,15 +120,17 @@ class TrainConfig:
             members=int(cfg.get("members", 1)),
             weight_average_from=params.require({"weight_average_from": 0, **cfg}, "weight_average_from", int, where),
             decorrelation=params.require({"decorrelation": 0.0, **cfg}, "decorrelation", float, where),
+            logit_decorrelation=params.require({"logit_decorrelation": 0.0, **cfg}, "logit_decorrelation", float, where),
         )
-        params.in_range(out.decorrelation, 0.0, 100.0, "train.decorrelation")
-        if out.decorrelation and out.consistency:
-            raise UserError("params.yaml: 'train.decorrelation' and 'train.consistency' are two ways of training the "
-                            "top; set one of them to 0")
-        # From scratch (weights: none) caches no views, so there is nothing to read: the knob waits for the real data.
-        if out.decorrelation and out.weights is not None and not out.reacquire.moves_aspect:
-            raise UserError("params.yaml: 'train.decorrelation' reads how far each cached view's aspect was moved: it "
-                            "needs train.reacquire.class_mix with 'aspect' in mix_cues (or set train.decorrelation: 0)")
+        for knob in ("decorrelation", "logit_decorrelation"):
+            params.in_range(getattr(out, knob), 0.0, 100.0, f"train.{knob}")
+            if getattr(out, knob) and out.consistency:
+                raise UserError(f"params.yaml: 'train.{knob}' and 'train.consistency' are two ways of training the "
+                                "top; set one of them to 0")
+            # From scratch (weights: none) caches no views, so there is nothing to read: the knob waits for the real data.
+            if getattr(out, knob) and out.weights is not None and not out.reacquire.moves_aspect:
+                raise UserError(f"params.yaml: 'train.{knob}' reads how far each cached view's aspect was moved: it "
+                                f"needs train.reacquire.class_mix with 'aspect' in mix_cues (or set train.{knob}: 0)")
         if out.frozen_runtime not in RUNTIMES:
             raise UserError(f"params.yaml: 'train.frozen_runtime' must be one of {RUNTIMES}, got {out.frozen_runtime!r}")
         if out.batch_size < 1 or out.views < 1 or out.members < 1:
@@ -195,8 +198,9 @@ def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     for i in range(n):
         row = {"epoch": start_epoch + i + 1, "phase": phase}
         row.update({k: round(float(h[k][i]), 6) for k in ("loss", "auc", "val_loss", "val_auc")})
-        if decorrelated:
-            row["aspect_correlation"] = round(float(h["embedding_loss"][i]), 6)
+        for output, column in (("embedding", "aspect_correlation"), ("logit_position", "logit_aspect_correlation")):
+            if f"{output}_loss" in h:
+                row[column] = round(float(h[f"{output}_loss"][i]), 6)
         rows.append(row)
     return rows
 
@@ -254,7 +258,7 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
         on_pairs = cfg.consistency > 0 and train_acts.shape[1] > 1
-        decorrelated = cfg.decorrelation > 0 and positions is not None
+        decorrelated = (cfg.decorrelation > 0 or cfg.logit_decorrelation > 0) and positions is not None
         monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if decorrelated else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
@@ -268,12 +272,14 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         elif decorrelated:
             cut = model.get_layer(cfg.fine_tune_from).input
             pair = decorrelated_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
-                                    cfg.decorrelation, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+                                    cfg.decorrelation, cfg.fine_tune_learning_rate, cfg.label_smoothing,
+                                    cfg.logit_decorrelation)
             v32 = val_acts.astype(np.float32)
             unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
-            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1),
-                         validation_data=(v32, (y_val, unmoved)), epochs=cfg.fine_tune_epochs, verbose=2,
-                         callbacks=callbacks)
+            penalties = len(pair.outputs) - 1
+            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1, penalties),
+                         validation_data=(v32, (y_val,) + (unmoved,) * penalties), epochs=cfg.fine_tune_epochs,
+                         verbose=2, callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
@@ -381,8 +387,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         )
         if view_positions is not None:
             facts["aspect_response"] = aspect_response(top, train_acts, view_positions, train.labels)
-        if cfg.fine_tune_epochs and cfg.decorrelation > 0 and view_positions is not None:
-            facts["decorrelation"] = cfg.decorrelation
+        if cfg.fine_tune_epochs and view_positions is not None:
+            facts.update({k: getattr(cfg, k) for k in ("decorrelation", "logit_decorrelation") if getattr(cfg, k) > 0})
         if averaged:  # the window(s) averaged, and what the averaged model scores on validation
             from sklearn.metrics import roc_auc_score
 

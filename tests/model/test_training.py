@@ -356,19 +356,24 @@ def test_the_decorrelation_takes_the_aspect_out_of_the_embedding_and_keeps_the_f
     drawn = batch.view[batch.order[:32]]
     assert np.array_equal(target[:, 1], (drawn == 1).astype(np.float32)) and np.all(target[drawn == 0, 0] == 0)
     assert np.array_equal(target[:, 2], y)
-    probe, auc = {}, {}
-    for weight in (0.0, 3.0):
+    probe, auc, follows = {}, {}, {}
+    for weights in ((0.0, 0.0), (3.0, 0.0), (0.0, 3.0)):  # (the embedding's, the logit's)
         keras.utils.set_random_seed(1)
         inp = keras.Input((4,))
         pooled = keras.layers.Dense(2, name="pooled")(inp)
         logit = keras.layers.Dense(1, name="logit")(pooled)
-        decorrelated_top(inp, logit, pooled, weight, 0.02, 0.0).fit(batch, epochs=40, verbose=0)
+        top = decorrelated_top(inp, logit, pooled, *weights[:1], 0.02, 0.0, logit_weight=weights[1])
+        top.fit(PositionBatches(acts, labels, np.ones(n, np.float32), positions, 32, 0, len(top.outputs) - 1),
+                epochs=40, verbose=0)
         moved = acts[:, 1].astype(np.float32)
         emb = np.asarray(keras.Model(inp, pooled)(moved))
-        probe[weight] = LinearRegression().fit(emb, positions[:, 1]).score(emb, positions[:, 1])
-        auc[weight] = roc_auc_score(labels, np.asarray(keras.Model(inp, logit)(moved)).ravel())
-    assert probe[3.0] < 0.3 * probe[0.0], probe
-    assert auc[3.0] > 0.95 and auc[0.0] > 0.95, auc
+        scores = np.asarray(keras.Model(inp, logit)(moved)).ravel()
+        probe[weights] = LinearRegression().fit(emb, positions[:, 1]).score(emb, positions[:, 1])
+        auc[weights] = roc_auc_score(labels, scores)
+        follows[weights] = max(abs(np.corrcoef(scores[labels == c], positions[labels == c, 1])[0, 1]) for c in (0, 1))
+    assert probe[3.0, 0.0] < 0.3 * probe[0.0, 0.0], probe
+    assert follows[0.0, 3.0] < 0.3 * follows[0.0, 0.0], follows  # the logit's penalty: the score stops following
+    assert all(a > 0.95 for a in auc.values()), auc
 
 
 def test_the_aspect_correlation_is_within_class_and_only_on_moved_views():
@@ -408,12 +413,17 @@ def test_decorrelation_params_are_checked():
     assert TrainConfig.from_params({**good, "weights": "none", "decorrelation": 0.5}).decorrelation == 0.5
     with pytest.raises(UserError, match="train.decorrelation"):
         TrainConfig.from_params({**good, "decorrelation": -1.0})
+    assert TrainConfig.from_params({**good, "logit_decorrelation": 0.5}).logit_decorrelation == 0.5
+    with pytest.raises(UserError, match="'train.logit_decorrelation' and 'train.consistency'"):
+        TrainConfig.from_params({**good, "logit_decorrelation": 0.5, "consistency": 0.1})
 
 
-def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model():
-    """train.decorrelation on the cached path: the history has the penalty, the summary how the
-    top's score follows the moved views' shape, and the model is the plain network. A randomly
-    initialised MobileNetV2 stands in for the ImageNet one."""
+@pytest.mark.parametrize("knobs", [{"decorrelation": 1.0}, {"decorrelation": 1.0, "logit_decorrelation": 0.5},
+                                   {"logit_decorrelation": 0.5}])
+def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model(knobs):
+    """train.decorrelation / train.logit_decorrelation on the cached path: the history has each
+    penalty asked for (and no other), the summary how the top's score follows the moved views' shape,
+    and the model is the plain network. A randomly initialised MobileNetV2 stands in for the ImageNet one."""
     import keras
 
     from cxr.model.network import Architecture, build, recalibrate_batch_norm
@@ -426,12 +436,15 @@ def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screen
     recalibrate_batch_norm(model, train_set.images)
     positions = np.random.default_rng(0).uniform(-0.25, 1.25, (24, 2))
     positions[:, 0] = np.nan
-    model, history, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", decorrelation=1.0),
+    model, history, facts, _ = train(model, train_set, val_set, cfg(weights="stand-in", **knobs),
                                      view_positions=positions)
     assert [layer.name for layer in model.layers] == layers_before
     tuned = [row for row in history if row["phase"] == "fine_tune"]
-    assert tuned and all(0 <= row["aspect_correlation"] <= 1 and 0 <= row["val_auc"] <= 1 for row in tuned)
-    assert facts["decorrelation"] == 1.0
+    columns = {"decorrelation": "aspect_correlation", "logit_decorrelation": "logit_aspect_correlation"}
+    assert tuned and all(0 <= row["val_auc"] <= 1 for row in tuned)
+    for knob, column in columns.items():
+        assert all((0 <= row[column] <= 1) if knob in knobs else column not in row for row in tuned)
+        assert facts.get(knob) == knobs.get(knob)
     response = facts["aspect_response"]
     assert response["views_scored"] == 24
     assert all(-1 <= response[f"logit_position_correlation_{c}"] <= 1 for c in ("NORMAL", "PNEUMONIA"))
