@@ -157,7 +157,8 @@ def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float,
         weights.append(logit_weight)
     model = keras.Model(cut, outputs, name="decorrelated_top")
     bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce] + [aspect_correlation] * (len(outputs) - 1),
+    penalties = [aspect_correlation] * (weight > 0) + [logit_aspect_correlation] * (logit_weight > 0)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce] + penalties,
                   loss_weights=weights,
                   metrics=[[keras.metrics.AUC(from_logits=True, name="auc")]] + [[]] * (len(outputs) - 1))
     return model
@@ -181,6 +182,25 @@ def aspect_correlation(target, embedding):
     cov = ops.sum(e_centred * p_centred, axis=0)
     corr2 = ops.square(cov) / (ops.sum(ops.square(e_centred), axis=0) * ops.sum(ops.square(p_centred)) + 1e-6)
     return ops.where(ops.sum(moved) >= 4.0, ops.mean(corr2), 0.0)
+
+
+def logit_aspect_correlation(target, logit):
+    """The mean over the two classes of the logit's squared correlation with the view's position,
+    each class on its own moved views (at least 4 of them in the batch, or that class adds nothing).
+    Not pooled as :func:`aspect_correlation` is: a healthy film's score rising with the sick film's
+    shape and a sick film's falling with it would cancel in one pooled covariance."""
+    from keras import ops
+
+    position, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
+    total = 0.0
+    for cls in (0.0, 1.0):
+        w = moved * ops.cast(ops.equal(label, cls), "float32")
+        n = ops.sum(w)
+        z = w * (logit - ops.sum(w * logit) / ops.maximum(n, 1.0))
+        p = w * (position - ops.sum(w * position) / ops.maximum(n, 1.0))
+        corr2 = ops.square(ops.sum(z * p)) / (ops.sum(ops.square(z)) * ops.sum(ops.square(p)) + 1e-6)
+        total = total + ops.where(n >= 4.0, corr2, 0.0)
+    return total / 2.0
 
 
 def aspect_response(top, acts: np.ndarray, positions: np.ndarray, labels: np.ndarray, limit: int = 2000) -> dict:

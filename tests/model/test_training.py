@@ -395,6 +395,26 @@ def test_the_aspect_correlation_is_within_class_and_only_on_moved_views():
     assert float(aspect_correlation(unmoved, tracks_position)) == 0.0
 
 
+def test_the_logit_penalty_is_per_class_where_the_pooled_one_cancels():
+    """A score that rises with the position on healthy films and falls with it on sick ones: one
+    pooled within-class covariance cancels to nothing; the logit's penalty sees both classes follow
+    the shape. A class with fewer than 4 moved views in the batch adds nothing."""
+    from cxr.model.cache import aspect_correlation, logit_aspect_correlation
+
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 1, 40)
+    label = (np.arange(40) % 2).astype(float)
+    target = np.stack([pos, np.ones(40), label], axis=1).astype(np.float32)
+    opposite = np.where(label == 0, pos, -pos)[:, None].astype(np.float32)
+    assert float(aspect_correlation(target, opposite)) < 0.05
+    assert float(logit_aspect_correlation(target, opposite)) == pytest.approx(1.0, abs=1e-3)
+    healthy_only = np.where(label == 0, pos, rng.normal(size=40))[:, None].astype(np.float32)
+    assert 0.5 <= float(logit_aspect_correlation(target, healthy_only)) < 0.6
+    few = target.copy()
+    few[(label == 0) & (np.arange(40) > 5), 1] = 0.0  # 3 healthy moved views left
+    assert float(logit_aspect_correlation(few, opposite)) == pytest.approx(0.5, abs=1e-3)
+
+
 def test_decorrelation_params_are_checked():
     from cxr import UserError
 
