@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
-    penalty = [c for c in ("aspect_correlation", "logit_aspect_correlation") if any(c in row for row in history)]
+    penalty = [c for c in ("aspect_correlation", "logit_aspect_correlation", "aspect_slope")
+               if any(c in row for row in history)]
     write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS + penalty)
     fit_started = time.time()
     if cache is None:  # from scratch: the network is small, every image goes through it

@@ -92,6 +92,12 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
             sel = self.order[idx * batch_size : (idx + 1) * batch_size]
             other = acts[sel, self.view[sel]].astype(np.float32)
             y, w = self.labels[sel], weights[sel]
+            if positions is not None and paired:  # the shift's target: how far the other view was moved
+                pos = positions[sel, self.view[sel]]
+                moved = ~np.isnan(pos)
+                shift = np.where(moved, pos - y, 0.0)  # from the film's own acquisition (0 NORMAL, 1 PNEUMONIA)
+                target = np.stack([shift, moved, y], axis=1).astype(np.float32)
+                return (acts[sel, 0].astype(np.float32), other), (y, y, target), (w, w, np.ones_like(w))
             if positions is not None and penalties:
                 pos = positions[sel, self.view[sel]]
                 moved = ~np.isnan(pos)
@@ -116,14 +122,17 @@ def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int
                            penalties=penalties)
 
 
-def PairBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N802 - reads as the class it makes
-    """Each image as acquired beside one random other view of it (the consistency loss)."""
-    return _cached_batches(acts, labels, weights, batch_size, seed, paired=True)
+def PairBatches(acts, labels, weights, batch_size: int, seed: int, positions=None):  # noqa: N802
+    """Each image as acquired beside one random other view of it (the consistency loss); with
+    ``positions``, the gap's target is how far that view's aspect was moved from the film's own
+    (:func:`aspect_slope`)."""
+    return _cached_batches(acts, labels, weights, batch_size, seed, paired=True, positions=positions)
 
 
-def paired_top(top, weight: float, learning_rate: float, label_smoothing: float):
+def paired_top(top, weight: float, learning_rate: float, label_smoothing: float, gap_loss="mse"):
     """``top`` applied to two views of the same images: both classified, and the gap between
-    their logits penalised (invariance to what differs between the views: the acquisition)."""
+    their logits penalised (invariance to what differs between the views: the acquisition), as a
+    whole (``mse``) or only where it follows how far the view was moved (:func:`aspect_slope`)."""
     import keras
 
     shape = top.input.shape[1:]
@@ -132,7 +141,7 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float)
     model = keras.Model([a, b], [keras.layers.Identity(name="clean")(la), keras.layers.Identity(name="shifted")(lb),
                                  keras.layers.Subtract(name="gap")([la, lb])], name="paired_top")
     bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, bce, "mse"],
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, bce, gap_loss],
                   loss_weights=[0.5, 0.5, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], [], []])
     return model
 
@@ -182,6 +191,28 @@ def aspect_correlation(target, embedding):
     cov = ops.sum(e_centred * p_centred, axis=0)
     corr2 = ops.square(cov) / (ops.sum(ops.square(e_centred), axis=0) * ops.sum(ops.square(p_centred)) + 1e-6)
     return ops.where(ops.sum(moved) >= 4.0, ops.mean(corr2), 0.0)
+
+
+def aspect_slope(target, gap):
+    """How far, per unit of aspect moved, the logit moves between a film as acquired and a moved
+    view of it: per class, the least-squares slope of the logit gap on the move (with an
+    intercept, so the augmentation's own mean shift is not counted), squared, averaged over the two
+    classes (a class with fewer than 4 moved films in the batch adds nothing). Paired within films,
+    the film-to-film spread of the logit cancels: the batch estimates the systematic response to the
+    shape, not noise. ``target`` is ``[B, 3]``: the move (the view's position minus the film's own),
+    1 where the view was moved, label; ``gap`` is the logit as acquired minus the moved view's."""
+    from keras import ops
+
+    shift, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
+    total = 0.0
+    for cls in (0.0, 1.0):
+        w = moved * ops.cast(ops.equal(label, cls), "float32")
+        n = ops.sum(w)
+        g = w * (gap - ops.sum(w * gap) / ops.maximum(n, 1.0))
+        s = w * (shift - ops.sum(w * shift) / ops.maximum(n, 1.0))
+        slope = ops.sum(g * s) / (ops.sum(ops.square(s)) + 1e-6)
+        total = total + ops.where(n >= 4.0, ops.square(slope), 0.0)
+    return total / 2.0
 
 
 def logit_aspect_correlation(target, logit):

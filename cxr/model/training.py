@@ -32,7 +32,7 @@ import numpy as np
 
 from cxr import UserError, params
 from cxr.data.dataset import SplitData
-from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, aspect_response,
+from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, aspect_response, aspect_slope,
                              decorrelated_top, paired_top, run_in_batches)
 from cxr.model.fitting import batch_logits, compile_binary, platt_scaling, separable, weight_average
 from cxr.model.from_scratch import FromScratch, fit_from_scratch
@@ -80,6 +80,7 @@ class TrainConfig:
     weight_average_from: int = 0  # fine-tuning epoch from which the top's weights are averaged over steps; 0: off
     decorrelation: float = 0.0  # weight of the embedding's within-class correlation with the view's aspect position; 0: off
     logit_decorrelation: float = 0.0  # the same penalty on the logit itself; 0: off
+    aspect_slope: float = 0.0  # weight of the logit's per-class slope on the aspect moved, paired within films; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -121,8 +122,13 @@ class TrainConfig:
             weight_average_from=params.require({"weight_average_from": 0, **cfg}, "weight_average_from", int, where),
             decorrelation=params.require({"decorrelation": 0.0, **cfg}, "decorrelation", float, where),
             logit_decorrelation=params.require({"logit_decorrelation": 0.0, **cfg}, "logit_decorrelation", float, where),
+            aspect_slope=params.require({"aspect_slope": 0.0, **cfg}, "aspect_slope", float, where),
         )
-        for knob in ("decorrelation", "logit_decorrelation"):
+        if out.aspect_slope and (out.decorrelation or out.logit_decorrelation):
+            raise UserError("params.yaml: 'train.aspect_slope' trains the top on pairs of views, the decorrelation "
+                            "penalties on single views: set train.decorrelation and train.logit_decorrelation to 0 "
+                            "with it")
+        for knob in ("decorrelation", "logit_decorrelation", "aspect_slope"):
             params.in_range(getattr(out, knob), 0.0, 100.0, f"train.{knob}")
             if getattr(out, knob) and out.consistency:
                 raise UserError(f"params.yaml: 'train.{knob}' and 'train.consistency' are two ways of training the "
@@ -188,7 +194,7 @@ def augmenter(aug: Augment, seed: int):
     return apply
 
 
-def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
+def _history_rows(history, phase: str, start_epoch: int, gap_column: str | None = None) -> list[dict]:
     h = {k.replace("clean_", ""): v for k, v in history.history.items()}  # the paired model's clean output
     decorrelated = "screening_loss" in h  # the screening output's own figures; the penalty beside them
     if decorrelated:
@@ -198,6 +204,8 @@ def _history_rows(history, phase: str, start_epoch: int) -> list[dict]:
     for i in range(n):
         row = {"epoch": start_epoch + i + 1, "phase": phase}
         row.update({k: round(float(h[k][i]), 6) for k in ("loss", "auc", "val_loss", "val_auc")})
+        if gap_column:
+            row[gap_column] = round(float(h["gap_loss"][i]), 6)
         for output, column in (("embedding", "aspect_correlation"), ("logit_position", "logit_aspect_correlation")):
             if f"{output}_loss" in h:
                 row[column] = round(float(h[f"{output}_loss"][i]), 6)
@@ -257,17 +265,21 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         cut_index = [layer.name for layer in model.layers].index(cfg.fine_tune_from)
         for layer in model.layers[cut_index:]:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-        on_pairs = cfg.consistency > 0 and train_acts.shape[1] > 1
+        sloped = cfg.aspect_slope > 0 and positions is not None
+        on_pairs = (cfg.consistency > 0 or sloped) and train_acts.shape[1] > 1
         decorrelated = (cfg.decorrelation > 0 or cfg.logit_decorrelation > 0) and positions is not None
         monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if decorrelated else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
         if on_pairs:
-            paired = paired_top(top, cfg.consistency, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            paired = paired_top(top, cfg.aspect_slope if sloped else cfg.consistency, cfg.fine_tune_learning_rate,
+                                cfg.label_smoothing, aspect_slope if sloped else "mse")
             v32 = val_acts.astype(np.float32)
-            h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
-                           validation_data=((v32, v32), (y_val, y_val, np.zeros_like(y_val))),
+            gap_val = np.zeros((len(y_val), 3) if sloped else len(y_val), np.float32)  # validation: no penalty
+            h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1,
+                                       positions if sloped else None),
+                           validation_data=((v32, v32), (y_val, y_val, gap_val)),
                            epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
         elif decorrelated:
             cut = model.get_layer(cfg.fine_tune_from).input
@@ -285,7 +297,8 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                         validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
                         verbose=2, callbacks=callbacks)
-        history += _history_rows(h, "fine_tune" + suffix, epochs_before + len(history))
+        history += _history_rows(h, "fine_tune" + suffix, epochs_before + len(history),
+                                 "aspect_slope" if on_pairs and sloped else None)
         if cfg.weight_average_from:
             averaged.append(callbacks[-1].summary)
     timings["fine_tune_fit_s"] += time.time() - t0
@@ -388,7 +401,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         if view_positions is not None:
             facts["aspect_response"] = aspect_response(top, train_acts, view_positions, train.labels)
         if cfg.fine_tune_epochs and view_positions is not None:
-            facts.update({k: getattr(cfg, k) for k in ("decorrelation", "logit_decorrelation") if getattr(cfg, k) > 0})
+            facts.update({k: getattr(cfg, k) for k in ("decorrelation", "logit_decorrelation", "aspect_slope")
+                          if getattr(cfg, k) > 0})
         if averaged:  # the window(s) averaged, and what the averaged model scores on validation
             from sklearn.metrics import roc_auc_score
 

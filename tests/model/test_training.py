@@ -415,6 +415,27 @@ def test_the_logit_penalty_is_per_class_where_the_pooled_one_cancels():
     assert float(logit_aspect_correlation(few, opposite)) == pytest.approx(0.5, abs=1e-3)
 
 
+def test_the_aspect_slope_counts_the_logit_following_the_move_not_the_augmentation():
+    """Paired within films: a gap that is the same for every film (what augmentation shifts) costs
+    nothing; a gap growing with the move costs its slope squared, per class, opposite slopes adding
+    up; films whose view was not moved do not count."""
+    from cxr.model.cache import aspect_slope
+
+    rng = np.random.default_rng(0)
+    shift = rng.uniform(-0.25, 1.25, 40)
+    label = (np.arange(40) % 2).astype(float)
+    signed = np.where(label == 1, -shift, shift)  # PNEUMONIA films move towards 0
+    target = np.stack([signed, np.ones(40), label], axis=1).astype(np.float32)
+    assert float(aspect_slope(target, np.full((40, 1), 0.7, np.float32))) == pytest.approx(0.0, abs=1e-5)
+    follows = (2.0 * signed + 0.3)[:, None].astype(np.float32)
+    assert float(aspect_slope(target, follows)) == pytest.approx(4.0, rel=1e-3)
+    opposite = np.where(label == 0, 2.0 * signed, -2.0 * signed)[:, None].astype(np.float32)
+    assert float(aspect_slope(target, opposite)) == pytest.approx(4.0, rel=1e-3)
+    unmoved = target.copy()
+    unmoved[:, 1] = 0.0
+    assert float(aspect_slope(unmoved, follows)) == 0.0
+
+
 def test_decorrelation_params_are_checked():
     from cxr import UserError
 
@@ -436,10 +457,15 @@ def test_decorrelation_params_are_checked():
     assert TrainConfig.from_params({**good, "logit_decorrelation": 0.5}).logit_decorrelation == 0.5
     with pytest.raises(UserError, match="'train.logit_decorrelation' and 'train.consistency'"):
         TrainConfig.from_params({**good, "logit_decorrelation": 0.5, "consistency": 0.1})
+    assert TrainConfig.from_params({**good, "aspect_slope": 0.5}).aspect_slope == 0.5
+    with pytest.raises(UserError, match="'train.aspect_slope' trains the top on pairs"):
+        TrainConfig.from_params({**good, "aspect_slope": 0.5, "decorrelation": 1.0})
+    with pytest.raises(UserError, match="needs train.reacquire.class_mix with 'aspect'"):
+        TrainConfig.from_params({**good, "reacquire": {"class_mix": None}, "aspect_slope": 0.5})
 
 
 @pytest.mark.parametrize("knobs", [{"decorrelation": 1.0}, {"decorrelation": 1.0, "logit_decorrelation": 0.5},
-                                   {"logit_decorrelation": 0.5}])
+                                   {"logit_decorrelation": 0.5}, {"aspect_slope": 0.5}])
 def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model(knobs):
     """train.decorrelation / train.logit_decorrelation on the cached path: the history has each
     penalty asked for (and no other), the summary how the top's score follows the moved views' shape,
@@ -460,10 +486,11 @@ def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screen
                                      view_positions=positions)
     assert [layer.name for layer in model.layers] == layers_before
     tuned = [row for row in history if row["phase"] == "fine_tune"]
-    columns = {"decorrelation": "aspect_correlation", "logit_decorrelation": "logit_aspect_correlation"}
+    columns = {"decorrelation": "aspect_correlation", "logit_decorrelation": "logit_aspect_correlation",
+               "aspect_slope": "aspect_slope"}
     assert tuned and all(0 <= row["val_auc"] <= 1 for row in tuned)
     for knob, column in columns.items():
-        assert all((0 <= row[column] <= 1) if knob in knobs else column not in row for row in tuned)
+        assert all((row[column] >= 0) if knob in knobs else column not in row for row in tuned)
         assert facts.get(knob) == knobs.get(knob)
     response = facts["aspect_response"]
     assert response["views_scored"] == 24
