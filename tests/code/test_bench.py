@@ -162,3 +162,40 @@ def test_aspect_response_softening_keeps_the_shape():
     assert np.array_equal(np.asarray(softened(horizontal, "x", 1.25)), stripes.T)
     assert np.abs(np.asarray(softened(horizontal, "y", 1.25), float) - stripes.T).mean() > 10
     assert np.abs(np.asarray(softened(vertical, "x", 1.25), float) - stripes).mean() > 10
+
+
+def test_aspect_estimate_reads_back_what_the_features_carry():
+    """Features that carry t (plus noise) read it back, on the training films and on probes; features
+    that do not, read every probe as the mean."""
+    from bench.aspect_estimate import read_back
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-0.5, 1.5, 200)
+    carry = lambda v: np.stack([v, rng.normal(size=len(v))], 1) + rng.normal(0, 0.05, (len(v), 2))  # noqa: E731
+    train = {"carries t": carry(t), "noise": rng.normal(size=(200, 2))}
+    probes = {"at 1": {"carries t": carry(np.ones(50)), "noise": rng.normal(size=(50, 2))}}
+    rows = {row["features"]: row for row in read_back(train, t, probes)}
+    r2, sd = (float(v) for v in rows["carries t"]["healthy train, cross-validated: R^2 / error sd"].split(" / "))
+    assert r2 > 0.95 and sd < 0.1
+    assert abs(float(rows["carries t"]["at 1"].split(" ± ")[0]) - 1.0) < 0.1
+    assert float(rows["noise"]["healthy train, cross-validated: R^2 / error sd"].split(" / ")[0]) < 0.1
+    assert abs(float(rows["noise"]["at 1"].split(" ± ")[0]) - t.mean()) < 0.15
+
+
+def test_posthoc_figures_choose_on_validation_and_read_the_proxy_at_that_threshold():
+    """The threshold comes from validation alone (the evaluate stage's rule on probabilities); the
+    carved and proxy figures are read at it, the proxy's PNEUMONIA films being the carved split's."""
+    from bench.posthoc import figures, logit
+
+    val_y = np.array([0] * 50 + [1] * 100)
+    val_z = logit(np.r_[np.linspace(0.01, 0.3, 50), np.linspace(0.4, 0.99, 100)])
+    test_y = np.array([0] * 4 + [1] * 4)
+    test_z = logit(np.array([0.05, 0.1, 0.2, 0.45, 0.5, 0.7, 0.9, 0.95]))
+    proxy_z = logit(np.array([0.5, 0.6, 0.2, 0.1, 0.5, 0.7, 0.9, 0.95]))
+    row = figures("x", {"val": val_z, "test": test_z, "proxy": proxy_z}, {"val": val_y, "test": test_y}, 0.99,
+                  "empirical")
+    assert 0.3 < float(row["threshold"]) < 0.41
+    assert row["carved spec"] == "0.750" and row["carved recall"] == "1.000"
+    assert row["proxy spec"] == "0.500"
+    assert float(row["carved AUC"]) == 1.0 and float(row["proxy AUC"]) < 1.0
+    assert np.allclose(1 / (1 + np.exp(-logit(np.array([0.2, 0.7])))), [0.2, 0.7])
