@@ -157,7 +157,7 @@ def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float,
     the penalised tensors themselves, and nothing of them is kept."""
     import keras
 
-    outputs, losses, weights = [keras.layers.Identity(name="screening")(logit)], [], [1.0]
+    outputs, weights = [keras.layers.Identity(name="screening")(logit)], [1.0]
     if weight > 0:
         outputs.append(keras.layers.Identity(name="embedding")(embedding))
         weights.append(weight)
@@ -203,16 +203,10 @@ def aspect_slope(target, gap):
     1 where the view was moved, label; ``gap`` is the logit as acquired minus the moved view's."""
     from keras import ops
 
-    shift, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
-    total = 0.0
-    for cls in (0.0, 1.0):
-        w = moved * ops.cast(ops.equal(label, cls), "float32")
-        n = ops.sum(w)
-        g = w * (gap - ops.sum(w * gap) / ops.maximum(n, 1.0))
-        s = w * (shift - ops.sum(w * shift) / ops.maximum(n, 1.0))
-        slope = ops.sum(g * s) / (ops.sum(ops.square(s)) + 1e-6)
-        total = total + ops.where(n >= 4.0, ops.square(slope), 0.0)
-    return total / 2.0
+    def slope2(g, s):
+        return ops.square(ops.sum(g * s) / (ops.sum(ops.square(s)) + 1e-6))
+
+    return _per_class(target, gap, slope2)
 
 
 def logit_aspect_correlation(target, logit):
@@ -222,15 +216,25 @@ def logit_aspect_correlation(target, logit):
     shape and a sick film's falling with it would cancel in one pooled covariance."""
     from keras import ops
 
-    position, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
+    def corr2(z, p):
+        return ops.square(ops.sum(z * p)) / (ops.sum(ops.square(z)) * ops.sum(ops.square(p)) + 1e-6)
+
+    return _per_class(target, logit, corr2)
+
+
+def _per_class(target, score, statistic):
+    """The mean over the two classes of ``statistic(score, target's first column)``, both centred
+    on the class's moved views of the batch (zero elsewhere); a class with fewer than 4 of them
+    adds nothing."""
+    from keras import ops
+
+    value, moved, label = target[:, 0:1], target[:, 1:2], target[:, 2:3]
     total = 0.0
     for cls in (0.0, 1.0):
         w = moved * ops.cast(ops.equal(label, cls), "float32")
         n = ops.sum(w)
-        z = w * (logit - ops.sum(w * logit) / ops.maximum(n, 1.0))
-        p = w * (position - ops.sum(w * position) / ops.maximum(n, 1.0))
-        corr2 = ops.square(ops.sum(z * p)) / (ops.sum(ops.square(z)) * ops.sum(ops.square(p)) + 1e-6)
-        total = total + ops.where(n >= 4.0, corr2, 0.0)
+        centred = [w * (x - ops.sum(w * x) / ops.maximum(n, 1.0)) for x in (score, value)]
+        total = total + ops.where(n >= 4.0, statistic(*centred), 0.0)
     return total / 2.0
 
 
