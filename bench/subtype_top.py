@@ -42,11 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     from cxr import params
     from cxr.data.dataset import known_subtype, load_split
     from cxr.imaging.preprocess import to_model_input
-    from cxr.model.cache import ViewBatches, run_in_batches
-    from cxr.model.fitting import compile_binary
+    from cxr.model.cache import run_in_batches
     from cxr.model.inference import runner
     from cxr.model.network import build, split_at
-    from cxr.model.training import TrainConfig, augmenter, class_weights
+    from cxr.model.training import TrainConfig, _fit_member, augmenter, class_weights
 
     run = args.run
     cfg = TrainConfig.from_params({**params.section("train", run / "params.yaml"), "weights": str(args.weights)})
@@ -82,21 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         feats = feats.reshape(len(y_train), 2, -1)
         val_feats = np.asarray(pooled(val_acts))
         t0 = time.time()
-        for layer in model.layers:
-            layer.trainable = False
-        model.get_layer("logit").trainable = True
-        feat_in = keras.Input(feats.shape[-1:])
-        head = keras.Model(feat_in, model.get_layer("logit")(model.get_layer("dropout")(feat_in)))
-        stop = lambda: keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",  # noqa: E731
-                                                    patience=cfg.early_stopping_patience, restore_best_weights=True)
-        compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
-        head.fit(ViewBatches(feats, y_train, sample_w, cfg.batch_size, seed), validation_data=(val_feats, y_val),
-                 epochs=cfg.head_epochs, verbose=0, callbacks=[stop()])
-        for layer in model.layers[[layer.name for layer in model.layers].index(cfg.fine_tune_from):]:
-            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-        compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
-        top.fit(ViewBatches(train_acts, y_train, sample_w, cfg.batch_size, seed + 1), validation_data=(val_acts, y_val),
-                epochs=cfg.fine_tune_epochs, verbose=0, callbacks=[stop()])
+        # The screening schedule itself (head, then the top), not a copy of it: only the targets differ.
+        _fit_member(model, top, cfg, feats, val_feats, train_acts, val_acts, y_train, sample_w,
+                    y_val.astype(np.float32), seed, 0, 0, {"head_fit_s": 0.0, "fine_tune_fit_s": 0.0}, [])
         scores = {n: np.asarray(top(a)).ravel() for n, a in (("val", val_acts), ("test", test_acts))}
         rows.append({"subtype model": f"fine-tuned top, seed {seed}",
                      "val ROC AUC": f"{roc_auc_score(y_val, scores['val']):.4f}",
