@@ -81,6 +81,7 @@ class TrainConfig:
     decorrelation: float = 0.0  # weight of the embedding's within-class correlation with the view's aspect position; 0: off
     logit_decorrelation: float = 0.0  # the same penalty on the logit itself; 0: off
     aspect_slope: float = 0.0  # weight of the logit's per-class slope on the aspect moved, paired within films; 0: off
+    viral_weight: float = 1.0  # loss weight of a viral PNEUMONIA film against a bacterial one (the class's total kept)
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -123,7 +124,9 @@ class TrainConfig:
             decorrelation=params.require({"decorrelation": 0.0, **cfg}, "decorrelation", float, where),
             logit_decorrelation=params.require({"logit_decorrelation": 0.0, **cfg}, "logit_decorrelation", float, where),
             aspect_slope=params.require({"aspect_slope": 0.0, **cfg}, "aspect_slope", float, where),
+            viral_weight=params.require({"viral_weight": 1.0, **cfg}, "viral_weight", float, where),
         )
+        params.in_range(out.viral_weight, 0.1, 10.0, "train.viral_weight")
         if out.aspect_slope and (out.decorrelation or out.logit_decorrelation):
             raise UserError("params.yaml: 'train.aspect_slope' trains the top on pairs of views, the decorrelation "
                             "penalties on single views: set train.decorrelation and train.logit_decorrelation to 0 "
@@ -157,6 +160,22 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     if pos == 0 or pos == n:
         raise UserError("the training split must contain both classes")
     return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
+
+
+def sample_weights(split: SplitData, viral_weight: float = 1.0) -> np.ndarray:
+    """Per-film loss weights: the classes balanced (:func:`class_weights`), and within PNEUMONIA a
+    viral film weighing ``viral_weight`` times a bacterial one (or one whose name gives no subtype),
+    the class's total unchanged. Viral films are most of the few lowest-scoring PNEUMONIA films of
+    validation, and those place the threshold at 99 % recall (docs/model.md)."""
+    from cxr.data.dataset import subtype_labels
+
+    weights = class_weights(split.labels)
+    out = np.where(split.labels == 1, weights[1], weights[0]).astype(np.float64)
+    if viral_weight != 1.0:
+        sick = split.labels == 1
+        tilt = np.where(sick & (subtype_labels(split.paths) == 0), viral_weight, 1.0)
+        out[sick] *= tilt[sick] * sick.sum() / tilt[sick].sum()
+    return out.astype(np.float32)
 
 
 def augmenter(aug: Augment, seed: int):
@@ -327,10 +346,12 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
 
     keras.utils.set_random_seed(cfg.seed)
     weights = class_weights(train.labels)
-    sample_w = np.where(train.labels == 1, weights[1], weights[0]).astype(np.float32)
+    sample_w = sample_weights(train, cfg.viral_weight)
     y_val = val.labels.astype(np.float32)
     augment = augmenter(cfg.augment, cfg.seed)
     facts: dict = {"class_weights": weights, "train_images": len(train), "val_images": len(val)}
+    if cfg.viral_weight != 1.0:
+        facts["viral_weight"] = cfg.viral_weight
     history: list[dict] = []
     timings: dict[str, float] = {}
     cache = None

@@ -5,7 +5,7 @@ import pytest
 
 from cxr.data.dataset import SplitData
 from cxr.model.fitting import platt_scaling
-from cxr.model.training import Augment, TrainConfig, augmenter, class_weights
+from cxr.model.training import Augment, TrainConfig, augmenter, class_weights, sample_weights
 
 from tests.shared_paths import WEIGHTS, needs_weights
 
@@ -32,6 +32,28 @@ def blobs(n, size, seed):
 def test_class_weights_balance_the_classes():
     w = class_weights(np.array([0] * 25 + [1] * 75))
     assert w[0] * 25 == pytest.approx(w[1] * 75)
+
+
+def test_viral_weight_tilts_pneumonia_only_and_keeps_the_class_total():
+    paths = ["NORMAL/a.jpeg", "NORMAL/b.jpeg", "PNEUMONIA/person1_bacteria_1.jpeg",
+             "PNEUMONIA/person2_bacteria_2.jpeg", "PNEUMONIA/person3_virus_3.jpeg", "PNEUMONIA/x.jpeg"]
+    split = SplitData(np.zeros((6, 8, 8), np.uint8), np.array([0, 0, 1, 1, 1, 1], np.int8), np.array(paths))
+    plain, tilted = sample_weights(split), sample_weights(split, viral_weight=3.0)
+    assert np.allclose(plain, [1.5, 1.5, 0.75, 0.75, 0.75, 0.75])  # class_weights, film by film
+    assert np.allclose(tilted[:2], plain[:2])  # NORMAL untouched
+    assert tilted[2:].sum() == pytest.approx(plain[2:].sum())  # PNEUMONIA's total kept
+    assert tilted[4] == pytest.approx(3 * tilted[2]) and tilted[5] == pytest.approx(tilted[2])  # unknown: as bacterial
+
+
+def test_viral_weight_is_range_checked():
+    from cxr import UserError
+
+    base = dict(seed=1, batch_size=8, views=2, head_epochs=1, head_learning_rate=1e-3, fine_tune_epochs=1,
+                fine_tune_learning_rate=1e-4, fine_tune_from="block_15_expand", label_smoothing=0.0,
+                early_stopping_patience=1)
+    assert TrainConfig.from_params(base).viral_weight == 1.0
+    with pytest.raises(UserError, match="viral_weight"):
+        TrainConfig.from_params({**base, "viral_weight": 0.0})
 
 
 def test_augmenter_is_seeded_and_keeps_range():
