@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr import LABELS
+from cxr.model.fitting import screening_loss
 
 
 def _image_batches(images: np.ndarray, batch_size: int, augment=None):
@@ -129,7 +130,8 @@ def PairBatches(acts, labels, weights, batch_size: int, seed: int, positions=Non
     return _cached_batches(acts, labels, weights, batch_size, seed, paired=True, positions=positions)
 
 
-def paired_top(top, weight: float, learning_rate: float, label_smoothing: float, gap_loss="mse"):
+def paired_top(top, weight: float, learning_rate: float, label_smoothing: float, gap_loss="mse",
+               focal_gamma: float = 0.0):
     """``top`` applied to two views of the same images: both classified, and the gap between
     their logits penalised (invariance to what differs between the views: the acquisition), as a
     whole (``mse``) or only where it follows how far the view was moved (:func:`aspect_slope`)."""
@@ -140,14 +142,14 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float,
     la, lb = top(a), top(b)
     model = keras.Model([a, b], [keras.layers.Identity(name="clean")(la), keras.layers.Identity(name="shifted")(lb),
                                  keras.layers.Subtract(name="gap")([la, lb])], name="paired_top")
-    bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    bce = screening_loss(label_smoothing, focal_gamma)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce, bce, gap_loss],
                   loss_weights=[0.5, 0.5, weight], metrics=[[keras.metrics.AUC(from_logits=True, name="auc")], [], []])
     return model
 
 
 def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float,
-                     logit_weight: float = 0.0):
+                     logit_weight: float = 0.0, focal_gamma: float = 0.0):
     """The top (``cut`` activations -> ``logit``) trained with a penalty, scaled by ``weight``, on
     how much its pooled ``embedding`` follows how far each view's aspect was moved between the
     classes' acquisitions, within each class (:func:`aspect_correlation`), and one, scaled by
@@ -165,7 +167,7 @@ def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float,
         outputs.append(keras.layers.Identity(name="logit_position")(logit))
         weights.append(logit_weight)
     model = keras.Model(cut, outputs, name="decorrelated_top")
-    bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    bce = screening_loss(label_smoothing, focal_gamma)
     penalties = [aspect_correlation] * (weight > 0) + [logit_aspect_correlation] * (logit_weight > 0)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce] + penalties,
                   loss_weights=weights,

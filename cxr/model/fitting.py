@@ -8,12 +8,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def compile_binary(model, learning_rate, label_smoothing: float):
+def screening_loss(label_smoothing: float, focal_gamma: float = 0.0):
+    """Cross-entropy on the logit; with ``focal_gamma`` > 0 the focal loss (Lin et al. 2017), whose
+    factor (1 - p_true)^gamma leaves the films the model already ranks far from the threshold
+    almost nothing to say, so the hard tails of both classes carry the fit."""
+    import keras
+
+    if focal_gamma > 0:
+        return keras.losses.BinaryFocalCrossentropy(gamma=focal_gamma, from_logits=True,
+                                                    label_smoothing=label_smoothing)
+    return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+
+def compile_binary(model, learning_rate, label_smoothing: float, focal_gamma: float = 0.0):
     import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing),
+        loss=screening_loss(label_smoothing, focal_gamma),
         metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
     )
 

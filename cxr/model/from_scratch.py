@@ -67,7 +67,8 @@ def fit_from_scratch(model, train: SplitData, val: SplitData, cfg, augment, samp
     steps = sched.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
     # Cosine decay to zero over the whole schedule: the last epochs settle instead of jumping
     # around a small validation split's noise.
-    compile_binary(full, keras.optimizers.schedules.CosineDecay(sched.learning_rate, steps), cfg.label_smoothing)
+    compile_binary(full, keras.optimizers.schedules.CosineDecay(sched.learning_rate, steps), cfg.label_smoothing,
+                   cfg.focal_gamma)
     ds = (
         tf.data.Dataset.from_tensor_slices((train.images, train.labels.astype(np.float32), sample_w))
         .shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)

@@ -81,6 +81,7 @@ class TrainConfig:
     decorrelation: float = 0.0  # weight of the embedding's within-class correlation with the view's aspect position; 0: off
     logit_decorrelation: float = 0.0  # the same penalty on the logit itself; 0: off
     aspect_slope: float = 0.0  # weight of the logit's per-class slope on the aspect moved, paired within films; 0: off
+    focal_gamma: float = 0.0  # the focal loss's gamma for the screening logit (cxr.model.fitting.screening_loss); 0: cross-entropy
     viral_weight: float = 1.0  # loss weight of a viral PNEUMONIA film against a bacterial one (the class's total kept)
 
     SELECT_ON = ("val", "val+counterfactual")
@@ -125,7 +126,9 @@ class TrainConfig:
             logit_decorrelation=params.require({"logit_decorrelation": 0.0, **cfg}, "logit_decorrelation", float, where),
             aspect_slope=params.require({"aspect_slope": 0.0, **cfg}, "aspect_slope", float, where),
             viral_weight=params.require({"viral_weight": 1.0, **cfg}, "viral_weight", float, where),
+            focal_gamma=params.require({"focal_gamma": 0.0, **cfg}, "focal_gamma", float, where),
         )
+        params.in_range(out.focal_gamma, 0.0, 5.0, "train.focal_gamma")
         params.in_range(out.viral_weight, 0.1, 10.0, "train.viral_weight")
         if out.aspect_slope and (out.decorrelation or out.logit_decorrelation):
             raise UserError("params.yaml: 'train.aspect_slope' trains the top on pairs of views, the decorrelation "
@@ -272,7 +275,7 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         layer.trainable = False
     model.get_layer("logit").trainable = True
     if cfg.head_epochs:
-        compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing)
+        compile_binary(head, cfg.head_learning_rate, cfg.label_smoothing, cfg.focal_gamma)
         h = head.fit(ViewBatches(train_feats, labels, sample_w, cfg.batch_size, seed),
                      validation_data=(val_feats, y_val), epochs=cfg.head_epochs, verbose=2,
                      callbacks=[_early_stopping(cfg.early_stopping_patience)])
@@ -293,7 +296,7 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
         if on_pairs:
             paired = paired_top(top, cfg.aspect_slope if sloped else cfg.consistency, cfg.fine_tune_learning_rate,
-                                cfg.label_smoothing, aspect_slope if sloped else "mse")
+                                cfg.label_smoothing, aspect_slope if sloped else "mse", cfg.focal_gamma)
             v32 = val_acts.astype(np.float32)
             gap_val = np.zeros((len(y_val), 3) if sloped else len(y_val), np.float32)  # validation: no penalty
             h = paired.fit(PairBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1,
@@ -304,7 +307,7 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             cut = model.get_layer(cfg.fine_tune_from).input
             pair = decorrelated_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
                                     cfg.decorrelation, cfg.fine_tune_learning_rate, cfg.label_smoothing,
-                                    cfg.logit_decorrelation)
+                                    cfg.logit_decorrelation, cfg.focal_gamma)
             v32 = val_acts.astype(np.float32)
             unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
             penalties = len(pair.outputs) - 1
@@ -312,7 +315,7 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
                          validation_data=(v32, (y_val,) + (unmoved,) * penalties), epochs=cfg.fine_tune_epochs,
                          verbose=2, callbacks=callbacks)
         else:
-            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing)
+            compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing, cfg.focal_gamma)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
                         validation_data=(val_acts.astype(np.float32), y_val), epochs=cfg.fine_tune_epochs,
                         verbose=2, callbacks=callbacks)
@@ -350,8 +353,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
     y_val = val.labels.astype(np.float32)
     augment = augmenter(cfg.augment, cfg.seed)
     facts: dict = {"class_weights": weights, "train_images": len(train), "val_images": len(val)}
-    if cfg.viral_weight != 1.0:
-        facts["viral_weight"] = cfg.viral_weight
+    facts.update({k: getattr(cfg, k) for k, off in (("viral_weight", 1.0), ("focal_gamma", 0.0))
+                  if getattr(cfg, k) != off})
     history: list[dict] = []
     timings: dict[str, float] = {}
     cache = None

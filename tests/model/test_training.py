@@ -398,6 +398,33 @@ def test_the_decorrelation_takes_the_aspect_out_of_the_embedding_and_keeps_the_f
     assert all(a > 0.95 for a in auc.values()), auc
 
 
+def test_the_focal_loss_leaves_the_easy_films_little_and_is_wired_into_every_top():
+    """gamma 0 is plain cross-entropy; gamma 2 shrinks a confidently right film's loss far more
+    than a wrong one's, so the hard tails carry the fit. Every compiled top uses it."""
+    import keras
+
+    from cxr.model.cache import decorrelated_top, paired_top
+    from cxr.model.fitting import compile_binary, screening_loss
+
+    y = np.array([[1.0], [1.0]], np.float32)
+    logits = np.array([[4.0], [-2.0]], np.float32)  # an easy PNEUMONIA film, a missed one
+    per_film = lambda loss: [float(loss(y[i : i + 1], logits[i : i + 1])) for i in range(2)]  # noqa: E731
+    bce, plain, focal = (per_film(keras.losses.BinaryCrossentropy(from_logits=True)), per_film(screening_loss(0.0)),
+                         per_film(screening_loss(0.0, focal_gamma=2.0)))
+    assert plain == pytest.approx(bce)
+    assert focal[0] / focal[1] < 0.01 * bce[0] / bce[1]
+    inp = keras.Input((4,))
+    pooled = keras.layers.Dense(2, name="pooled")(inp)
+    logit = keras.layers.Dense(1, name="logit")(pooled)
+    top = keras.Model(inp, logit)
+    compile_binary(top, 1e-3, 0.0, focal_gamma=2.0)
+    assert isinstance(top.loss, keras.losses.BinaryFocalCrossentropy)
+    decorrelated = decorrelated_top(inp, logit, pooled, 1.0, 1e-3, 0.0, focal_gamma=2.0)
+    assert isinstance(decorrelated.loss[0], keras.losses.BinaryFocalCrossentropy)
+    paired = paired_top(top, 1.0, 1e-3, 0.0, focal_gamma=2.0)
+    assert all(isinstance(loss, keras.losses.BinaryFocalCrossentropy) for loss in paired.loss[:2])
+
+
 def test_the_aspect_correlation_is_within_class_and_only_on_moved_views():
     """The penalty reads within the classes: a unit that tracks the label (and so, across both
     classes, the clean views' acquisition) costs next to nothing; one that tracks the position
