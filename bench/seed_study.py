@@ -31,7 +31,8 @@ def train_one(project: Path, seed: int) -> dict:
     from cxr import params
     from cxr.data.dataset import load_split
     from cxr.model.network import Architecture, build, predict
-    from cxr.model.training import TrainConfig, train
+    from cxr.model.train_config import TrainConfig
+    from cxr.model.training import train
 
     cfg = TrainConfig.from_params({**params.section("train", project / "params.yaml"), "seed": seed})
     arch = Architecture.from_params(params.section("model", project / "params.yaml"), from_scratch=cfg.weights is None)

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.model.cache import run_in_batches
     from cxr.model.inference import runner
     from cxr.model.network import build, split_at
-    from cxr.model.training import TrainConfig, _fit_member, augmenter, class_weights
+    from cxr.model.train_config import TrainConfig, class_weights
+    from cxr.model.training import _fit_member, augmenter
 
     run = args.run
     cfg = TrainConfig.from_params({**params.section("train", run / "params.yaml"), "weights": str(args.weights)})

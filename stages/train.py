@@ -25,7 +25,8 @@ from cxr.model.ood import OodConfig
 from cxr.model.ood_fit import fit_on_views
 from cxr.model.subtype import SubtypeConfig
 from cxr.model.subtype_fit import fit_on_model
-from cxr.model.training import TrainConfig, train
+from cxr.model.train_config import TrainConfig
+from cxr.model.training import train
 from cxr.records.train_summary import TrainSummary
 from cxr.shift.acquisition import ClassAcquisition
 

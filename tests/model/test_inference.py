@@ -32,7 +32,7 @@ def test_litert_runs_the_frozen_layers_as_keras_does():
 def test_unknown_runtime_is_a_user_error():
     from cxr import UserError
     from cxr.model.inference import runner
-    from cxr.model.training import TrainConfig
+    from cxr.model.train_config import TrainConfig
 
     _, bottom = small_bottom()
     with pytest.raises(UserError, match="frozen_runtime"):

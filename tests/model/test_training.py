@@ -5,7 +5,8 @@ import pytest
 
 from cxr.data.dataset import SplitData
 from cxr.model.fitting import platt_scaling
-from cxr.model.training import Augment, TrainConfig, augmenter, class_weights, sample_weights
+from cxr.model.train_config import Augment, TrainConfig, class_weights, sample_weights
+from cxr.model.training import augmenter
 
 from tests.shared_paths import WEIGHTS, needs_weights
 
