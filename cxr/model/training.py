@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 import numpy as np
 
 from cxr import UserError
