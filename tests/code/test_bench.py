@@ -199,3 +199,36 @@ def test_posthoc_figures_choose_on_validation_and_read_the_proxy_at_that_thresho
     assert row["proxy spec"] == "0.500"
     assert float(row["carved AUC"]) == 1.0 and float(row["proxy AUC"]) < 1.0
     assert np.allclose(1 / (1 + np.exp(-logit(np.array([0.2, 0.7])))), [0.2, 0.7])
+
+
+def test_lung_fields_boxes_are_judged_and_cropped_as_the_docstring_says():
+    """A lung box pair is used only when both are found, similar in size and side by side; the
+    thorax crop fills the film with the two boxes (a missing or implausible left lung guessed beside
+    the right one); a film with no usable box is left whole and counted."""
+    from bench.lung_fields import cropped, lung_mask, plausible, thorax
+
+    right = np.array([20, 30, 80, 160], float)
+    beside = np.array([124, 30, 76, 150], float)
+    patch = np.array([120, 20, 20, 40], float)
+    assert plausible(right, beside)
+    assert not plausible(right, patch)                                   # a small patch off the lung
+    assert not plausible(right, np.array([40, 30, 80, 160], float))      # on top of the right one
+    assert not plausible(np.full(4, -1.0), beside)
+
+    mask = lung_mask(np.r_[right, beside], 224)
+    assert mask.sum() == 80 * 160 + 76 * 150 and mask[100, 60] and mask[100, 150] and not mask[100, 110]
+    assert lung_mask(np.r_[right, patch], 224) is None
+
+    x0, y0, x1, y1 = thorax(np.r_[right, beside], 224, pad=0.0)
+    assert (x0, y0, x1, y1) == (20, 30, 200, 190)
+    assert thorax(np.r_[right, patch], 224, pad=0.0) == (20, 30, 196, 190)  # the left lung guessed past the spine
+    assert thorax(np.r_[right + [40, 0, 0, 0], patch], 224, pad=0.0)[2] == 224  # clipped to the film
+    assert thorax(np.full(8, -1.0), 224) is None
+    assert thorax(np.r_[[20, 30, 30, 40], [60, 30, 30, 40]], 224) is None  # under 0.4 of the film
+
+    film = np.zeros((224, 224), np.uint8)
+    film[30:190, 20:200] = 200                                           # the thorax, bright
+    films, whole = cropped(np.stack([film, film]), np.stack([np.r_[right, beside], np.full(8, -1.0)]))
+    assert whole == 1
+    assert films[0][12:-12, 12:-12].min() > 150                            # the thorax fills the frame
+    assert np.array_equal(films[1], film)                                # no box: the film whole
