@@ -8,7 +8,7 @@ which imports nothing but numpy, OpenCV and lungs-finder::
 
     .venv/bin/python bench/lung_fields.py sets RUN sets.npz          # the films, as the pipeline makes them
     python3.11 -m venv /tmp/lf && /tmp/lf/bin/pip install lungs-finder 'opencv-python-headless<5'
-    /tmp/lf/bin/python bench/lung_fields.py boxes sets.npz boxes.npz  # ~0.1 s a film a core
+    /tmp/lf/bin/python bench/lung_fields.py boxes sets.npz boxes.npz
     .venv/bin/python bench/lung_fields.py cam sets.npz boxes.npz RUN [RUN ...]
     .venv/bin/python bench/lung_fields.py probe sets.npz boxes.npz RUN
 
