@@ -152,18 +152,21 @@ def find_boxes(sets: Path, out: Path) -> None:
 
 
 def cam_mass(sets: Path, boxes: Path, runs: list[Path]) -> list[dict]:
-    """Per run and group of films: the mean share of Grad-CAM mass inside the lung boxes."""
-    import json
-
+    """Per run and group of films: the mean share of Grad-CAM mass inside the lung boxes. Every run
+    must have the test split the films were taken from (``split.seed`` the same)."""
     import keras
 
+    from cxr.data.dataset import load_split
     from cxr.model.network import grad_cam
+    from cxr.records.evaluation import Evaluation
 
     films, found = np.load(sets, allow_pickle=True), np.load(boxes)
     rows = []
     for run in runs:
+        if not np.array_equal(load_split(run / "data/prepared", "test").paths, films["test_paths"]):
+            raise SystemExit(f"{run}: another test split than the one in {sets}")
         model = keras.saving.load_model(run / "models/model.keras", compile=False)
-        threshold = json.loads((run / "metrics.json").read_text())["threshold"]
+        threshold = Evaluation.read(run / "metrics.json").threshold
         groups: dict[str, list[tuple[float, float]]] = {}
         for split, labels in (("test", films["test_labels"]), ("proxy_normal", np.zeros(len(films["proxy_normal"])))):
             for image, box, label in zip(films[split], found[split], labels):
