@@ -198,7 +198,8 @@ def probe(sets: Path, boxes: Path, run: Path) -> list[dict]:
     from bench.posthoc import figures
     from cxr import params
     from cxr.imaging.preprocess import to_model_input
-    from cxr.model.inference import LiteRTRunner
+    from cxr.model.cache import run_in_batches
+    from cxr.model.inference import runner
     from cxr.model.network import build, resolve_weights
 
     films, found = np.load(sets, allow_pickle=True), np.load(boxes)
@@ -207,15 +208,14 @@ def probe(sets: Path, boxes: Path, run: Path) -> list[dict]:
     alpha = float(params.section("model", run / "params.yaml")["alpha"])
     size = films["test"].shape[1]
     model = build(size, None, resolve_weights(weights, alpha, size))
-    pooled = LiteRTRunner(keras.Model(model.input, model.get_layer("pooled").output))
+    pooled = runner(keras.Model(model.input, model.get_layer("pooled").output), "litert",
+                    probe=to_model_input(films["val"][:8]), what="bench/lung_fields.py probe")
     feats = {}
     for split in SPLITS:
-        feats[split, "as acquired"] = np.concatenate([pooled(to_model_input(films[split][i:i + 32]))
-                                                      for i in range(0, len(films[split]), 32)])
         crops, whole = cropped(films[split], found[split])
         print(f"{split}: {whole} of {len(crops)} films left whole (no thorax box)", flush=True)
-        feats[split, "thorax crop"] = np.concatenate([pooled(to_model_input(crops[i:i + 32]))
-                                                      for i in range(0, len(crops), 32)])
+        for mode, images in (("as acquired", films[split]), ("thorax crop", crops)):
+            feats[split, mode] = run_in_batches(pooled, images, 32, desc=f"{split}, {mode}", dtype=np.float32)
     labels = {"val": films["val_labels"], "test": films["test_labels"]}
     rows = []
     for mixed in (False, True):
