@@ -187,54 +187,73 @@ def cam_mass(sets: Path, boxes: Path, runs: list[Path]) -> list[dict]:
     return rows
 
 
-def probe(sets: Path, boxes: Path, run: Path) -> list[dict]:
-    """The frozen ImageNet network's pooled features, a logistic probe per variant (C chosen on the
-    validation AUC), read as :func:`bench.posthoc.figures` reads a model."""
+def frozen_pooled(run: Path, films, what: str):
+    """The frozen ImageNet network of ``run``'s params, up to its pooled features, on LiteRT
+    (parity-checked against Keras on a probe batch): what a probe reads."""
     import keras
+
+    from cxr import params
+    from cxr.imaging.preprocess import to_model_input
+    from cxr.model.inference import runner
+    from cxr.model.network import build, resolve_weights
+
+    weights = params.section("train", run / "params.yaml")["weights"]
+    alpha = float(params.section("model", run / "params.yaml")["alpha"])
+    size = films["test"].shape[1]
+    model = build(size, None, resolve_weights(weights, alpha, size))
+    return runner(keras.Model(model.input, model.get_layer("pooled").output), "litert",
+                  probe=to_model_input(films["val"][:8]), what=what)
+
+
+def probe_row(name: str, train_x: np.ndarray, train_y: np.ndarray, feats: dict[str, np.ndarray], films, run: Path,
+              score=None) -> dict:
+    """A logistic probe on ``train_x`` (C chosen on the validation AUC), read as
+    :func:`bench.posthoc.figures` reads a model: ``feats`` has the ``val``, ``test`` and ``proxy_normal``
+    features; ``score(clf, split)`` overrides how a split is scored (default: its features)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     from bench.posthoc import figures
     from cxr import params
-    from cxr.imaging.preprocess import to_model_input
+
+    cfg = params.section("evaluate", run / "params.yaml")
+    scaler = StandardScaler().fit(train_x)
+    fits = [LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(scaler.transform(train_x), train_y)
+            for c in (0.003, 0.01, 0.03, 0.1)]
+    score = score or (lambda f, split: f(feats[split]))
+
+    def scorer(clf):
+        return lambda x: clf.decision_function(scaler.transform(x))
+
+    clf = max(fits, key=lambda c: roc_auc_score(films["val_labels"], score(scorer(c), "val")))
+    z = {s: score(scorer(clf), s) for s in ("val", "test")}
+    z["proxy"] = z["test"].copy()
+    z["proxy"][films["proxy_normal_index"]] = score(scorer(clf), "proxy_normal")
+    labels = {"val": films["val_labels"], "test": films["test_labels"]}
+    return figures(f"{name} (C {clf.C})", z, labels, float(cfg["target_recall"]), str(cfg["threshold_rule"]))
+
+
+def probe(sets: Path, boxes: Path, run: Path) -> list[dict]:
+    """The frozen ImageNet network's pooled features, a logistic probe per variant."""
     from cxr.model.cache import run_in_batches
-    from cxr.model.inference import runner
-    from cxr.model.network import build, resolve_weights
 
     films, found = np.load(sets, allow_pickle=True), np.load(boxes)
-    cfg = params.section("evaluate", run / "params.yaml")
-    weights = params.section("train", run / "params.yaml")["weights"]
-    alpha = float(params.section("model", run / "params.yaml")["alpha"])
-    size = films["test"].shape[1]
-    model = build(size, None, resolve_weights(weights, alpha, size))
-    pooled = runner(keras.Model(model.input, model.get_layer("pooled").output), "litert",
-                    probe=to_model_input(films["val"][:8]), what="bench/lung_fields.py probe")
+    pooled = frozen_pooled(run, films, "bench/lung_fields.py probe")
     feats = {}
     for split in SPLITS:
         crops, whole = cropped(films[split], found[split])
         print(f"{split}: {whole} of {len(crops)} films left whole (no thorax box)", flush=True)
         for mode, images in (("as acquired", films[split]), ("thorax crop", crops)):
             feats[split, mode] = run_in_batches(pooled, images, 32, desc=f"{split}, {mode}", dtype=np.float32)
-    labels = {"val": films["val_labels"], "test": films["test_labels"]}
     rows = []
     for mixed in (False, True):
         for mode in ("as acquired", "thorax crop"):
-            x = feats["train", mode]
-            y = films["train_labels"]
+            x, y = feats["train", mode], films["train_labels"]
             if mixed:
                 x, y = np.concatenate([x, feats["train_view", mode]]), np.concatenate([y, y])
-            scaler = StandardScaler().fit(x)
-            fits = [(c, LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(scaler.transform(x), y))
-                    for c in (0.003, 0.01, 0.03, 0.1)]
-            val_x = scaler.transform(feats["val", mode])
-            c, clf = max(fits, key=lambda f: roc_auc_score(labels["val"], f[1].decision_function(val_x)))
-            z = {s: clf.decision_function(scaler.transform(feats[s, mode])) for s in ("val", "test")}
-            z["proxy"] = z["test"].copy()
-            shifted = clf.decision_function(scaler.transform(feats["proxy_normal", mode]))
-            z["proxy"][films["proxy_normal_index"]] = shifted
-            name = f"{mode}{', + one class-mixed view' if mixed else ''} (C {c})"
-            rows.append(figures(name, z, labels, float(cfg["target_recall"]), str(cfg["threshold_rule"])))
+            rows.append(probe_row(f"{mode}{', + one class-mixed view' if mixed else ''}", x, y,
+                                  {s: feats[s, mode] for s in SPLITS}, films, run))
     return rows
 
 

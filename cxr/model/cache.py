@@ -66,12 +66,13 @@ class BackboneCache:
 
 
 def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool, positions=None,
-                    penalties: int = 1):
+                    penalties: int = 1, subtype=None):
     """Keras PyDataset over cached activations ``[N, V, ...]``, reshuffled each epoch. Unpaired: one
     random view of each image. Paired (the consistency loss): the image as acquired (view 0) beside
     one random other view of it, targets (label, label, 0 gap). With ``positions`` (``[N, V]``, the
     view's aspect position, NaN where it was not moved): targets (label, [position, moved, label])
-    for :func:`decorrelated_top`, once per penalty."""
+    for :func:`decorrelated_top`, once per penalty. With ``subtype`` (``(targets, weights)``, each
+    ``[N]``): one more target last, for :func:`decorrelated_top`'s subtype output."""
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -99,11 +100,14 @@ def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: b
                 shift = np.where(moved, pos - y, 0.0)  # from the film's own acquisition (0 NORMAL, 1 PNEUMONIA)
                 target = np.stack([shift, moved, y], axis=1).astype(np.float32)
                 return (acts[sel, 0].astype(np.float32), other), (y, y, target), (w, w, np.ones_like(w))
+            aux = ((subtype[0][sel],), (subtype[1][sel],)) if subtype is not None else ((), ())
             if positions is not None and penalties:
                 pos = positions[sel, self.view[sel]]
                 moved = ~np.isnan(pos)
                 target = np.stack([np.where(moved, pos, 0.0), moved, y], axis=1).astype(np.float32)
-                return other, (y,) + (target,) * penalties, (w,) + (np.ones_like(w),) * penalties
+                return other, (y,) + (target,) * penalties + aux[0], (w,) + (np.ones_like(w),) * penalties + aux[1]
+            if subtype is not None:
+                return other, (y,) + aux[0], (w,) + aux[1]
             if not paired:
                 return other, y, w
             return (acts[sel, 0].astype(np.float32), other), (y, y, np.zeros_like(y)), (w, w, w)
@@ -116,11 +120,12 @@ def ViewBatches(acts, labels, weights, batch_size: int, seed: int):  # noqa: N80
     return _cached_batches(acts, labels, weights, batch_size, seed, paired=False)
 
 
-def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int, penalties: int = 1):  # noqa: N802
+def PositionBatches(acts, labels, weights, positions, batch_size: int, seed: int, penalties: int = 1,  # noqa: N802
+                    subtype=None):
     """One random view of each image per epoch, with where that view's acquisition was moved (as
-    many times as :func:`decorrelated_top` has penalties)."""
+    many times as :func:`decorrelated_top` has penalties), and the subtype target if it has one."""
     return _cached_batches(acts, labels, weights, batch_size, seed, paired=False, positions=positions,
-                           penalties=penalties)
+                           penalties=penalties, subtype=subtype)
 
 
 def PairBatches(acts, labels, weights, batch_size: int, seed: int, positions=None):  # noqa: N802
@@ -149,14 +154,17 @@ def paired_top(top, weight: float, learning_rate: float, label_smoothing: float,
 
 
 def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float, label_smoothing: float,
-                     logit_weight: float = 0.0, focal_gamma: float = 0.0):
+                     logit_weight: float = 0.0, focal_gamma: float = 0.0, subtype_weight: float = 0.0):
     """The top (``cut`` activations -> ``logit``) trained with a penalty, scaled by ``weight``, on
     how much its pooled ``embedding`` follows how far each view's aspect was moved between the
     classes' acquisitions, within each class (:func:`aspect_correlation`), and one, scaled by
     ``logit_weight``, on how much the logit itself does: the mean over the embedding's units is
     carried by units the logit hardly reads. A healthy film given a sick film's shape should embed
-    and score as a healthy film. Training only: the top's layers are shared; the other outputs are
-    the penalised tensors themselves, and nothing of them is kept."""
+    and score as a healthy film. With ``subtype_weight``, one more output last: a bacterial-or-viral
+    logit on the embedding, its cross-entropy scaled by ``subtype_weight`` (PNEUMONIA films with a
+    known subtype only, by their sample weights), so the embedding also tells the subtypes apart.
+    Training only: the top's layers are shared; the other outputs are the penalised tensors
+    themselves and that logit, and nothing of them is kept."""
     import keras
 
     outputs, weights = [keras.layers.Identity(name="screening")(logit)], [1.0]
@@ -166,9 +174,13 @@ def decorrelated_top(cut, logit, embedding, weight: float, learning_rate: float,
     if logit_weight > 0:
         outputs.append(keras.layers.Identity(name="logit_position")(logit))
         weights.append(logit_weight)
+    if subtype_weight > 0:
+        outputs.append(keras.layers.Dense(1, name="subtype_auxiliary")(embedding))
+        weights.append(subtype_weight)
     model = keras.Model(cut, outputs, name="decorrelated_top")
     bce = screening_loss(label_smoothing, focal_gamma)
     penalties = [aspect_correlation] * (weight > 0) + [logit_aspect_correlation] * (logit_weight > 0)
+    penalties += [keras.losses.BinaryCrossentropy(from_logits=True)] * (subtype_weight > 0)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[bce] + penalties,
                   loss_weights=weights,
                   metrics=[[keras.metrics.AUC(from_logits=True, name="auc")]] + [[]] * (len(outputs) - 1))

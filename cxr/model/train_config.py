@@ -51,6 +51,7 @@ class TrainConfig:
     aspect_slope: float = 0.0  # weight of the logit's per-class slope on the aspect moved, paired within films; 0: off
     focal_gamma: float = 0.0  # the focal loss's gamma for the screening logit (cxr.model.fitting.screening_loss); 0: cross-entropy
     viral_weight: float = 1.0  # loss weight of a viral PNEUMONIA film against a bacterial one (the class's total kept)
+    subtype_loss: float = 0.0  # weight of a bacterial-or-viral cross-entropy on the embedding in fine-tuning; 0: off
 
     SELECT_ON = ("val", "val+counterfactual")
 
@@ -95,7 +96,12 @@ class TrainConfig:
             aspect_slope=params.require({"aspect_slope": 0.0, **cfg}, "aspect_slope", float, where),
             viral_weight=params.require({"viral_weight": 1.0, **cfg}, "viral_weight", float, where),
             focal_gamma=params.require({"focal_gamma": 0.0, **cfg}, "focal_gamma", float, where),
+            subtype_loss=params.require({"subtype_loss": 0.0, **cfg}, "subtype_loss", float, where),
         )
+        params.in_range(out.subtype_loss, 0.0, 10.0, "train.subtype_loss")
+        if out.subtype_loss and (out.consistency or out.aspect_slope):
+            raise UserError("params.yaml: 'train.subtype_loss' is trained on single views: set train.consistency and "
+                            "train.aspect_slope to 0 with it")
         params.in_range(out.focal_gamma, 0.0, 5.0, "train.focal_gamma")
         params.in_range(out.viral_weight, 0.1, 10.0, "train.viral_weight")
         if out.aspect_slope and (out.decorrelation or out.logit_decorrelation):
@@ -147,3 +153,18 @@ def sample_weights(split: SplitData, viral_weight: float = 1.0) -> np.ndarray:
         tilt = np.where(sick & (subtype_labels(split.paths) == 0), viral_weight, 1.0)
         out[sick] *= tilt[sick] * sick.sum() / tilt[sick].sum()
     return out.astype(np.float32)
+
+
+def subtype_targets(split: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """Per film, the auxiliary subtype loss's target (1 bacterial, 0 viral) and weight: the PNEUMONIA
+    films whose names give a subtype, the two subtypes balanced (n / 2 n_k over those films); 0 for
+    every other film, which the loss then ignores."""
+    from cxr.data.dataset import known_subtype
+
+    idx, labels = known_subtype(split)
+    target, weight = np.zeros(len(split), np.float32), np.zeros(len(split), np.float32)
+    if len(idx) and 0 < labels.sum() < len(labels):
+        target[idx] = labels
+        counts = np.bincount(labels, minlength=2)
+        weight[idx] = len(labels) / (2.0 * counts[labels])
+    return target, weight

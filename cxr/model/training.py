@@ -35,7 +35,7 @@ from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBa
                              decorrelated_top, paired_top, run_in_batches)
 from cxr.model.fitting import batch_logits, compile_binary, platt_scaling, separable, weight_average
 from cxr.model.from_scratch import fit_from_scratch
-from cxr.model.train_config import Augment, TrainConfig, class_weights, sample_weights
+from cxr.model.train_config import Augment, TrainConfig, class_weights, sample_weights, subtype_targets
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,12 @@ def _member_seed(seed: int, member: int) -> int:
 
 def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
                 y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list,
-                positions: np.ndarray | None = None) -> list[dict]:
+                positions: np.ndarray | None = None, subtype: tuple | None = None) -> list[dict]:
     """One member: the head on the frozen network's pooled features, then the top of the backbone
     (batch norms frozen) on the cached activations, its weights averaged over steps with
-    ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result."""
+    ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result.
+    ``subtype``: the training and validation films' subtype targets and weights
+    (:func:`subtype_targets`), for ``subtype_loss``."""
     import keras
 
     suffix = f" (member {member})" if member else ""
@@ -153,7 +155,8 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
         sloped = cfg.aspect_slope > 0 and positions is not None
         on_pairs = (cfg.consistency > 0 or sloped) and train_acts.shape[1] > 1
         decorrelated = (cfg.decorrelation > 0 or cfg.logit_decorrelation > 0) and positions is not None
-        monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if decorrelated else "val_auc"
+        auxiliary = cfg.subtype_loss > 0 and subtype is not None
+        monitor = "val_clean_auc" if on_pairs else "val_screening_auc" if decorrelated or auxiliary else "val_auc"
         callbacks = [_early_stopping(cfg.early_stopping_patience, monitor)]
         if cfg.weight_average_from:
             callbacks.append(weight_average(cfg.weight_average_from, monitor))
@@ -166,16 +169,22 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
                                        positions if sloped else None),
                            validation_data=((v32, v32), (y_val, y_val, gap_val)),
                            epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
-        elif decorrelated:
+        elif decorrelated or auxiliary:
             cut = model.get_layer(cfg.fine_tune_from).input
+            penalised = decorrelated  # without positions the penalties have nothing to read
             pair = decorrelated_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
-                                    cfg.decorrelation, cfg.fine_tune_learning_rate, cfg.label_smoothing,
-                                    cfg.logit_decorrelation, cfg.focal_gamma)
+                                    cfg.decorrelation * penalised, cfg.fine_tune_learning_rate, cfg.label_smoothing,
+                                    cfg.logit_decorrelation * penalised, cfg.focal_gamma,
+                                    cfg.subtype_loss if auxiliary else 0.0)
             v32 = val_acts.astype(np.float32)
             unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
-            penalties = len(pair.outputs) - 1
-            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions, cfg.batch_size, seed + 1, penalties),
-                         validation_data=(v32, (y_val,) + (unmoved,) * penalties), epochs=cfg.fine_tune_epochs,
+            penalties = len(pair.outputs) - 1 - auxiliary
+            val_y, val_w = (y_val,) + (unmoved,) * penalties, (np.ones_like(y_val),) * (1 + penalties)
+            if auxiliary:
+                val_y, val_w = val_y + (subtype[2],), val_w + (subtype[3],)
+            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions if penalised else None, cfg.batch_size,
+                                         seed + 1, penalties, subtype[:2] if auxiliary else None),
+                         validation_data=(v32, val_y, val_w), epochs=cfg.fine_tune_epochs,
                          verbose=2, callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing, cfg.focal_gamma)
@@ -270,7 +279,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
             history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
                                    sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
-                                   view_positions)
+                                   view_positions, subtype_targets(train) + subtype_targets(val))
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency
@@ -290,6 +299,8 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         if cfg.fine_tune_epochs and view_positions is not None:
             facts.update({k: getattr(cfg, k) for k in ("decorrelation", "logit_decorrelation", "aspect_slope")
                           if getattr(cfg, k) > 0})
+        if cfg.fine_tune_epochs and cfg.subtype_loss > 0:
+            facts["subtype_loss"] = cfg.subtype_loss
         if averaged:  # the window(s) averaged, and what the averaged model scores on validation
             from sklearn.metrics import roc_auc_score
 

@@ -232,3 +232,41 @@ def test_lung_fields_boxes_are_judged_and_cropped_as_the_docstring_says():
     assert whole == 1
     assert films[0][12:-12, 12:-12].min() > 150                            # the thorax fills the frame
     assert np.array_equal(films[1], film)                                # no box: the film whole
+
+
+def test_squash_estimator_reads_a_change_of_shape_and_canonical_undoes_it():
+    """Fitted within films, the estimate follows a squash applied to unseen films with a slope near 1,
+    though every film carries a large offset of its own; a film is moved towards the target by minus
+    its estimate, clipped."""
+    from bench.canonical_aspect import CANONICAL_LIMIT, SquashEstimator, canonical, squashed
+
+    rng = np.random.default_rng(0)
+    d, films, views = 40, 300, 3
+    direction = rng.normal(size=d)
+    label_axis = rng.normal(size=d)
+
+    def make(n):
+        own = rng.normal(size=(n, 1, d)) * 3 + rng.integers(0, 2, (n, 1, 1)) * 5 * label_axis  # constant per film
+        u = rng.uniform(-0.35, 0.35, (n, views))
+        u[:, 0] = 0.0
+        return own + u[..., None] * direction + rng.normal(size=(n, views, d)) * 0.05, u
+
+    x, u = make(films)
+    est = SquashEstimator.fit(x, u, alpha=1.0)
+    x_new, u_new = make(200)
+    change = est(x_new[:, 1]) - est(x_new[:, 0])
+    assert np.polyfit(u_new[:, 1], change, 1)[0] == pytest.approx(1.0, abs=0.05)
+    assert np.polyfit(u_new[:, 2], est(x_new[:, 2]) - est(x_new[:, 0]), 1)[0] == pytest.approx(1.0, abs=0.05)
+
+    film = np.zeros((224, 224), np.uint8)
+    film[72:152, 72:152] = 255                                           # a bright square in the middle
+    same = squashed(film[None], np.zeros(1))
+    assert np.array_equal(same[0], film)
+
+    def shape(img):  # the bright patch's height over its width
+        return (img[:, 112] > 128).sum() / (img[112] > 128).sum()
+
+    looks_wide, looks_squashed = canonical(np.stack([film, film]), np.array([-5.0, 0.2]), target=0.0)
+    assert shape(looks_wide) > 1.2 and shape(looks_squashed) < 0.9       # moved towards the target, either way
+    clipped = squashed(film[None], np.array([CANONICAL_LIMIT]))[0]
+    assert shape(looks_wide) == shape(clipped)                            # -5 is clipped to the limit

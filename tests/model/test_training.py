@@ -512,10 +512,17 @@ def test_decorrelation_params_are_checked():
         TrainConfig.from_params({**good, "aspect_slope": 0.5, "decorrelation": 1.0})
     with pytest.raises(UserError, match="needs train.reacquire.class_mix with 'aspect'"):
         TrainConfig.from_params({**good, "reacquire": {"class_mix": None}, "aspect_slope": 0.5})
+    assert TrainConfig.from_params({**good, "subtype_loss": 0.5}).subtype_loss == 0.5
+    for other in ({"consistency": 0.1}, {"aspect_slope": 0.5}):
+        with pytest.raises(UserError, match="'train.subtype_loss' is trained on single views"):
+            TrainConfig.from_params({**good, **other, "subtype_loss": 0.5})
+    with pytest.raises(UserError, match="train.subtype_loss"):
+        TrainConfig.from_params({**good, "subtype_loss": -1.0})
 
 
 @pytest.mark.parametrize("knobs", [{"decorrelation": 1.0}, {"decorrelation": 1.0, "logit_decorrelation": 0.5},
-                                   {"logit_decorrelation": 0.5}, {"aspect_slope": 0.5}])
+                                   {"logit_decorrelation": 0.5}, {"aspect_slope": 0.5},
+                                   {"decorrelation": 1.0, "subtype_loss": 1.0}, {"subtype_loss": 1.0}])
 def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model(knobs):
     """train.decorrelation / train.logit_decorrelation on the cached path: the history has each
     penalty asked for (and no other), the summary how the top's score follows the moved views' shape,
@@ -542,6 +549,56 @@ def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screen
     for knob, column in columns.items():
         assert all((row[column] >= 0) if knob in knobs else column not in row for row in tuned)
         assert facts.get(knob) == knobs.get(knob)
+    assert facts.get("subtype_loss") == knobs.get("subtype_loss")
     response = facts["aspect_response"]
     assert response["views_scored"] == 24
     assert all(-1 <= response[f"logit_position_correlation_{c}"] <= 1 for c in ("NORMAL", "PNEUMONIA"))
+
+
+def test_the_subtype_loss_puts_the_subtype_into_the_embedding_and_keeps_the_finding():
+    """A one-unit embedding over a finding channel (the label) and a subtype channel (bacterial or
+    viral among PNEUMONIA films, noise in NORMAL ones): screening alone leaves the subtype out of it;
+    with the auxiliary subtype loss the embedding tells the subtypes apart, and the logit still tells
+    the label. NORMAL films carry weight 0 in that loss; the subtype target is the batch's last."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from cxr.model.cache import PositionBatches, decorrelated_top
+    from cxr.model.train_config import subtype_targets
+
+    rng = np.random.default_rng(0)
+    n = 320
+    labels = (np.arange(n) % 2).astype(np.int8)
+    kinds = rng.integers(0, 2, n)
+    paths = np.array([f"PNEUMONIA/person{i}_{'bacteria' if k else 'virus'}_{i}.jpeg" if y else f"NORMAL/IM-{i}.jpeg"
+                      for i, (y, k) in enumerate(zip(labels, kinds))])
+    split = SplitData(np.zeros((n, 4, 4), np.uint8), labels, paths)
+    target, weight = subtype_targets(split)
+    assert np.all(weight[labels == 0] == 0) and np.array_equal(target[labels == 1], kinds[labels == 1])
+    bacterial = (labels == 1) & (kinds == 1)
+    assert weight[bacterial].sum() == pytest.approx(weight[(labels == 1) & (kinds == 0)].sum())  # balanced
+
+    acts = np.zeros((n, 1, 3), np.float16)
+    acts[:, 0, 0] = (labels * 2.0 - 1.0) + rng.normal(0, 0.5, n)          # the finding
+    acts[:, 0, 1] = np.where(labels == 1, kinds * 2.0 - 1.0, 0.0) + rng.normal(0, 0.5, n)  # the subtype
+    acts[:, 0, 2] = rng.normal(0, 1, n)
+    batch = PositionBatches(acts, labels, np.ones(n, np.float32), None, 32, 0, 0, (target, weight))
+    _, (y, sub), (_, w) = batch[0]
+    assert np.array_equal(sub, target[batch.order[:32]]) and np.array_equal(w, weight[batch.order[:32]])
+    sick = labels == 1
+    reads, screens = {}, {}
+    for aux in (0.0, 2.0):
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((3,))
+        pooled = keras.layers.Dense(1, name="pooled")(inp)
+        logit = keras.layers.Dense(1, name="logit")(pooled)
+        top = decorrelated_top(inp, logit, pooled, 0.0, 0.02, 0.0, subtype_weight=aux)
+        assert len(top.outputs) == 1 + (aux > 0)
+        top.fit(PositionBatches(acts, labels, np.ones(n, np.float32), None, 32, 0, 0,
+                                (target, weight) if aux else None), epochs=40, verbose=0)
+        emb = np.asarray(keras.Model(inp, pooled)(acts[:, 0].astype(np.float32))).ravel()
+        scores = np.asarray(keras.Model(inp, logit)(acts[:, 0].astype(np.float32))).ravel()
+        reads[aux] = max(roc_auc_score(kinds[sick], emb[sick]), roc_auc_score(kinds[sick], -emb[sick]))
+        screens[aux] = roc_auc_score(labels, scores)
+    assert reads[0.0] < 0.7 < 0.8 < reads[2.0], reads
+    assert all(a > 0.9 for a in screens.values()), screens
