@@ -123,7 +123,8 @@ def run(sets: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
         on_val = est(feats["val", "as acquired"])
         for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
             row[f"val {cls}"] = f"{on_val[films['val_labels'] == k].mean():+.3f}"
-        proxy_gap = est(feats["proxy_normal", "as acquired"]) - est(feats["test", "as acquired"])[films["proxy_normal_index"]]
+        as_acquired = est(feats["test", "as acquired"])[films["proxy_normal_index"]]
+        proxy_gap = est(feats["proxy_normal", "as acquired"]) - as_acquired
         row["proxy NORMAL moved"] = f"{proxy_gap.mean():+.3f} of {expected:+.3f}"
         est_rows.append(row)
         r = float(row["r, squash_stretched"])
@@ -135,11 +136,11 @@ def run(sets: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
 
     y = films["train_labels"]
     rows = []
+    mixed = [("train", "as acquired"), ("train_view", "as acquired")]
     for name, trained_on in (("as acquired", [("train", "as acquired")]),
                              ("canonical", [("train", "canonical")]),
-                             ("as acquired + class-mixed view", [("train", "as acquired"), ("train_view", "as acquired")]),
-                             ("as acquired + class-mixed view + canonical",
-                              [("train", "as acquired"), ("train_view", "as acquired"), ("train", "canonical")])):
+                             ("as acquired + class-mixed view", mixed),
+                             ("as acquired + class-mixed view + canonical", mixed + [("train", "canonical")])):
         x = np.concatenate([feats[k] for k in trained_on])
         yy = np.concatenate([y] * len(trained_on))
         for scored in ("as acquired", "canonical", "mean of both"):

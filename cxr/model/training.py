@@ -179,13 +179,13 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             v32 = val_acts.astype(np.float32)
             unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
             penalties = len(pair.outputs) - 1 - auxiliary
-            val_y, val_w = (y_val,) + (unmoved,) * penalties, (np.ones_like(y_val),) * (1 + penalties)
-            if auxiliary:
-                val_y, val_w = val_y + (subtype[2],), val_w + (subtype[3],)
+            validation = (v32, (y_val,) + (unmoved,) * penalties)
+            if auxiliary:  # the subtype's target and weight (0 but on validation's PNEUMONIA films)
+                weights = (np.ones_like(y_val),) * (1 + penalties) + (subtype[3],)
+                validation = (v32, validation[1] + (subtype[2],), weights)
             h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions if penalised else None, cfg.batch_size,
                                          seed + 1, penalties, subtype[:2] if auxiliary else None),
-                         validation_data=(v32, val_y, val_w), epochs=cfg.fine_tune_epochs,
-                         verbose=2, callbacks=callbacks)
+                         validation_data=validation, epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing, cfg.focal_gamma)
             h = top.fit(ViewBatches(train_acts, labels, sample_w, cfg.batch_size, seed + 1),
