@@ -91,7 +91,8 @@ def _history_rows(history, phase: str, start_epoch: int, gap_column: str | None 
         row.update({k: round(float(h[k][i]), 6) for k in ("loss", "auc", "val_loss", "val_auc")})
         if gap_column:
             row[gap_column] = round(float(h["gap_loss"][i]), 6)
-        for output, column in (("embedding", "aspect_correlation"), ("logit_position", "logit_aspect_correlation")):
+        for output, column in (("embedding", "aspect_correlation"), ("logit_position", "logit_aspect_correlation"),
+                               ("subtype_auxiliary", "subtype_loss"), ("val_subtype_auxiliary", "val_subtype_loss")):
             if f"{output}_loss" in h:
                 row[column] = round(float(h[f"{output}_loss"][i]), 6)
         rows.append(row)
