@@ -26,12 +26,11 @@ from cxr.model.ood_fit import fit_on_views
 from cxr.model.subtype import SubtypeConfig
 from cxr.model.subtype_fit import fit_on_model
 from cxr.model.train_config import TrainConfig
-from cxr.model.training import train
+from cxr.model.training import history_columns, train
 from cxr.records.train_summary import TrainSummary
 from cxr.shift.acquisition import ClassAcquisition
 
 log = logging.getLogger("train")
-HISTORY_COLUMNS = ["epoch", "phase", "loss", "auc", "val_loss", "val_auc"]
 
 
 def architecture(arch: Architecture, members: int) -> dict:
@@ -90,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
-    penalty = [c for c in ("aspect_correlation", "logit_aspect_correlation", "aspect_slope")
-               if any(c in row for row in history)]
-    write_csv(p.reports / "history.csv", history, HISTORY_COLUMNS + penalty)
+    write_csv(p.reports / "history.csv", history, history_columns(history))
     fit_started = time.time()
     if cache is None:  # from scratch: the network is small, every image goes through it
         detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,

@@ -79,6 +79,16 @@ def augmenter(aug: Augment, seed: int):
     return apply
 
 
+HISTORY_COLUMNS = ("epoch", "phase", "loss", "auc", "val_loss", "val_auc")
+# per-epoch figures of the optional losses: a row has those its training had
+HISTORY_OPTIONAL = ("aspect_correlation", "logit_aspect_correlation", "aspect_slope", "subtype_loss", "val_subtype_loss")
+
+
+def history_columns(history: list[dict]) -> list[str]:
+    """The columns of ``reports/train/history.csv``: the fixed ones, then the optional losses trained."""
+    return list(HISTORY_COLUMNS) + [c for c in HISTORY_OPTIONAL if any(c in row for row in history)]
+
+
 def _history_rows(history, phase: str, start_epoch: int, gap_column: str | None = None) -> list[dict]:
     h = {k.replace("clean_", ""): v for k, v in history.history.items()}  # the paired model's clean output
     decorrelated = "screening_loss" in h  # the screening output's own figures; the penalty beside them

@@ -523,14 +523,15 @@ def test_decorrelation_params_are_checked():
 @pytest.mark.parametrize("knobs", [{"decorrelation": 1.0}, {"decorrelation": 1.0, "logit_decorrelation": 0.5},
                                    {"logit_decorrelation": 0.5}, {"aspect_slope": 0.5},
                                    {"decorrelation": 1.0, "subtype_loss": 1.0}, {"subtype_loss": 1.0}])
-def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model(knobs):
+def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screening_model(knobs, tmp_path):
     """train.decorrelation / train.logit_decorrelation on the cached path: the history has each
     penalty asked for (and no other), the summary how the top's score follows the moved views' shape,
     and the model is the plain network. A randomly initialised MobileNetV2 stands in for the ImageNet one."""
     import keras
 
+    from cxr.io import write_csv
     from cxr.model.network import Architecture, build, recalibrate_batch_norm
-    from cxr.model.training import train
+    from cxr.model.training import history_columns, train
 
     train_set, val_set = blobs(24, 96, 0), blobs(12, 96, 1)
     if "subtype_loss" in knobs:  # PNEUMONIA films named as the real set names them, so the loss has films to read
@@ -555,6 +556,9 @@ def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screen
         assert facts.get(knob) == knobs.get(knob)
     assert facts.get("subtype_loss") == knobs.get("subtype_loss")
     assert all(("subtype_loss" in row and "val_subtype_loss" in row) == ("subtype_loss" in knobs) for row in tuned)
+    write_csv(tmp_path / "history.csv", history, history_columns(history))  # as the train stage writes it
+    header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
+    assert set(header) == set().union(*history) and header[:2] == ["epoch", "phase"]
     response = facts["aspect_response"]
     assert response["views_scored"] == 24
     assert all(-1 <= response[f"logit_position_correlation_{c}"] <= 1 for c in ("NORMAL", "PNEUMONIA"))
