@@ -81,7 +81,8 @@ def augmenter(aug: Augment, seed: int):
 
 HISTORY_COLUMNS = ("epoch", "phase", "loss", "auc", "val_loss", "val_auc")
 # per-epoch figures of the optional losses: a row has those its training had
-HISTORY_OPTIONAL = ("aspect_correlation", "logit_aspect_correlation", "aspect_slope", "subtype_loss", "val_subtype_loss")
+HISTORY_OPTIONAL = ("aspect_correlation", "logit_aspect_correlation", "aspect_slope",
+                    "subtype_loss", "val_subtype_loss")
 
 
 def history_columns(history: list[dict]) -> list[str]:

@@ -534,10 +534,13 @@ def test_the_cached_path_trains_with_the_decorrelation_and_keeps_only_the_screen
     from cxr.model.training import history_columns, train
 
     train_set, val_set = blobs(24, 96, 0), blobs(12, 96, 1)
-    if "subtype_loss" in knobs:  # PNEUMONIA films named as the real set names them, so the loss has films to read
-        train_set, val_set = (SplitData(s.images, s.labels, np.array(
-            [f"person{i}_{('virus', 'bacteria')[i % 2]}_{i}.jpeg" if y else f"IM-{i}.jpeg" for i, y in enumerate(s.labels)]))
-            for s in (train_set, val_set))
+    def named(split):  # PNEUMONIA films named as the real set names them, so the subtype loss has films to read
+        return SplitData(split.images, split.labels, np.array(
+            [f"person{i}_{('virus', 'bacteria')[i % 2]}_{i}.jpeg" if y else f"IM-{i}.jpeg"
+             for i, y in enumerate(split.labels)]))
+
+    if "subtype_loss" in knobs:
+        train_set, val_set = named(train_set), named(val_set)
     keras.utils.set_random_seed(1)
     model = build(96, Architecture(alpha=0.35, dropout=0.1))
     layers_before = [layer.name for layer in model.layers]
