@@ -69,16 +69,14 @@ class SquashEstimator:
 def squashed(images: np.ndarray, log_factors: np.ndarray, how=None) -> np.ndarray:
     """Each uint8 film squashed by ``exp(log_factor)`` (``how``: :func:`cxr.shift.acquisition.squash`
     unless given), in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from PIL import Image
 
     from cxr.shift.acquisition import squash
+    from cxr.shift.robustness import map_images
 
     how = how or squash
-    with ThreadPoolExecutor(4) as pool:
-        return np.stack(list(pool.map(lambda a: np.asarray(how(Image.fromarray(a[0]), float(np.exp(a[1])))),
-                                      zip(images, log_factors))))
+    return map_images(lambda i: np.asarray(how(Image.fromarray(images[i]), float(np.exp(log_factors[i])))),
+                      list(range(len(images))), images.shape[1])
 
 
 def canonical(images: np.ndarray, estimate: np.ndarray, target: float) -> np.ndarray:

@@ -183,10 +183,10 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
                            epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
         elif decorrelated or auxiliary:
             cut = model.get_layer(cfg.fine_tune_from).input
-            penalised = decorrelated  # without positions the penalties have nothing to read
+            # without positions (or with both penalties at 0) the penalties are off: the subtype loss alone
             pair = decorrelated_top(cut, model.get_layer("logit").output, model.get_layer("pooled").output,
-                                    cfg.decorrelation * penalised, cfg.fine_tune_learning_rate, cfg.label_smoothing,
-                                    cfg.logit_decorrelation * penalised, cfg.focal_gamma,
+                                    cfg.decorrelation * decorrelated, cfg.fine_tune_learning_rate,
+                                    cfg.label_smoothing, cfg.logit_decorrelation * decorrelated, cfg.focal_gamma,
                                     cfg.subtype_loss if auxiliary else 0.0)
             v32 = val_acts.astype(np.float32)
             unmoved = np.stack([np.zeros_like(y_val), np.zeros_like(y_val), y_val], axis=1)  # validation: no penalty
@@ -195,8 +195,8 @@ def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts
             if auxiliary:  # the subtype's target and weight (0 but on validation's PNEUMONIA films)
                 weights = (np.ones_like(y_val),) * (1 + penalties) + (subtype[3],)
                 validation = (v32, validation[1] + (subtype[2],), weights)
-            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions if penalised else None, cfg.batch_size,
-                                         seed + 1, penalties, subtype[:2] if auxiliary else None),
+            h = pair.fit(PositionBatches(train_acts, labels, sample_w, positions if decorrelated else None,
+                                         cfg.batch_size, seed + 1, penalties, subtype[:2] if auxiliary else None),
                          validation_data=validation, epochs=cfg.fine_tune_epochs, verbose=2, callbacks=callbacks)
         else:
             compile_binary(top, cfg.fine_tune_learning_rate, cfg.label_smoothing, cfg.focal_gamma)
@@ -280,6 +280,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         timings["head_fit_s"] = time.time() - t0
         timings["fine_tune_fit_s"] = 0.0
         initial = _layer_weights(top)
+        subtype = subtype_targets(train) + subtype_targets(val) if cfg.subtype_loss > 0 else None
         members, averaged = [], []
         for k in range(cfg.members):
             if k:  # another member: the top as loaded, a fresh logit layer, its own seeds
@@ -291,7 +292,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
             history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
                                    sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
-                                   view_positions, subtype_targets(train) + subtype_targets(val))
+                                   view_positions, subtype)
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency
