@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.model.inference import runner
     from cxr.model.network import build, split_at
     from cxr.model.train_config import TrainConfig, class_weights
-    from cxr.model.training import _fit_member, augmenter
+    from cxr.model.training import augmenter, fit_member
 
     run = args.run
     cfg = TrainConfig.from_params({**params.section("train", run / "params.yaml"), "weights": str(args.weights)})
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         val_feats = np.asarray(pooled(val_acts))
         t0 = time.time()
         # The screening schedule itself (head, then the top), not a copy of it: only the targets differ.
-        _fit_member(model, top, cfg, feats, val_feats, train_acts, val_acts, y_train, sample_w,
+        fit_member(model, top, cfg, feats, val_feats, train_acts, val_acts, y_train, sample_w,
                     y_val.astype(np.float32), seed, 0, 0, {"head_fit_s": 0.0, "fine_tune_fit_s": 0.0}, [])
         scores = {n: np.asarray(top(a)).ravel() for n, a in (("val", val_acts), ("test", test_acts))}
         rows.append({"subtype model": f"fine-tuned top, seed {seed}",

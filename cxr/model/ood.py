@@ -42,6 +42,7 @@ FORMAT = "cxr-ood-detector"
 FILE_NAME = "ood.npz"  # in an export folder, beside the model whose embedding it reads
 FORMAT_VERSION = 1
 SHRINKAGE_METHODS = ("ledoit_wolf", "oas")
+_GREY_LEVELS = np.arange(256, dtype=np.float64)
 EDGE_STEP = 64  # grey levels between neighbours: a jump no blurred radiograph makes, text and screens do
 VARIANCE_FLOOR = 1e-3  # of the mean variance: a dimension constant on training X-rays cannot dominate
 EIGEN_FLOOR = 1e-9  # of the largest eigenvalue: keeps the whitening finite
@@ -103,19 +104,27 @@ class ImageStats:
 
     @classmethod
     def of(cls, image: np.ndarray) -> "ImageStats":
+        # Per served request, so in integers and from the histogram: no float copy of the image.
         img = np.asarray(image)
         if img.ndim != 2 or min(img.shape) < 3:
             raise ValueError(f"ImageStats needs a 2-D image of at least 3x3 pixels, got shape {img.shape}")
-        x = img.astype(np.float32)
-        counts = np.bincount(img.astype(np.uint8).ravel(), minlength=256)
+        u8 = np.ascontiguousarray(img, dtype=np.uint8)
+        n = u8.size
+        counts = np.bincount(u8.ravel(), minlength=256)
+        mean = float(counts @ _GREY_LEVELS) / n
+        variance = max(float(counts @ (_GREY_LEVELS * _GREY_LEVELS)) / n - mean * mean, 0.0)
+        x = u8.astype(np.int16)
         lap = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
         dx, dy = np.abs(np.diff(x, axis=1)), np.abs(np.diff(x, axis=0))
+        half = x.shape[1] // 2  # each mirrored pair once (a middle column differs from itself by 0)
+        mirrored = int(np.abs(x[:, :half] - x[:, ::-1][:, :half]).sum(dtype=np.int64))
         return cls(
-            spread=float(x.std() / 255.0),
-            mode_fraction=float(counts.max() / img.size),
-            fine_detail=float(np.abs(lap).mean() / 255.0),
-            asymmetry=float(np.abs(x - x[:, ::-1]).mean() / 255.0),
-            edge_density=float(((dx > EDGE_STEP).sum() + (dy > EDGE_STEP).sum()) / (dx.size + dy.size)),
+            spread=float(np.sqrt(variance) / 255.0),
+            mode_fraction=float(counts.max() / n),
+            fine_detail=float(np.abs(lap).sum(dtype=np.int64) / lap.size / 255.0),
+            asymmetry=float(2 * mirrored / n / 255.0),
+            edge_density=float((np.count_nonzero(dx > EDGE_STEP) + np.count_nonzero(dy > EDGE_STEP))
+                               / (dx.size + dy.size)),
         )
 
     def to_array(self) -> np.ndarray:

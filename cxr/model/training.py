@@ -133,14 +133,15 @@ def _member_seed(seed: int, member: int) -> int:
     return seed + 1000 * member
 
 
-def _fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
-                y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list,
-                positions: np.ndarray | None = None, subtype: tuple | None = None) -> list[dict]:
+def fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts, val_acts, labels, sample_w,
+               y_val, seed: int, member: int, epochs_before: int, timings: dict, averaged: list,
+               positions: np.ndarray | None = None, subtype: tuple | None = None) -> list[dict]:
     """One member: the head on the frozen network's pooled features, then the top of the backbone
     (batch norms frozen) on the cached activations, its weights averaged over steps with
     ``weight_average_from`` (the window appended to ``averaged``). ``top`` holds the result.
     ``subtype``: the training and validation films' subtype targets and weights
-    (:func:`subtype_targets`), for ``subtype_loss``."""
+    (:func:`subtype_targets`), for ``subtype_loss``. Public because ``bench/subtype_top.py`` trains
+    a top for the subtype on this very schedule."""
     import keras
 
     suffix = f" (member {member})" if member else ""
@@ -290,9 +291,9 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
                 init = keras.initializers.GlorotUniform(seed=_member_seed(cfg.seed, k))
                 logit_layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
                 keras.utils.set_random_seed(_member_seed(cfg.seed, k))
-            history += _fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
-                                   sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
-                                   view_positions, subtype)
+            history += fit_member(model, top, cfg, train_feats, val_feats, train_acts, val_acts, train.labels,
+                                  sample_w, y_val, _member_seed(cfg.seed, k), k, len(history), timings, averaged,
+                                  view_positions, subtype)
             members.append(_layer_weights(top))
         if cfg.fine_tune_epochs and cfg.consistency > 0 and train_acts.shape[1] > 1:
             facts["consistency"] = cfg.consistency

@@ -218,6 +218,24 @@ def test_image_stats_tell_blank_noise_and_symmetry():
         ImageStats.of(np.zeros((4, 4, 3), np.uint8))
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (37, 51), (3, 3), (224, 224)])
+def test_image_stats_are_the_plain_float_formulas(shape):
+    """The served statistics are computed in integers from the histogram; they must be the
+    definitions' float values (odd widths: the middle column is its own mirror)."""
+    rng = np.random.default_rng(shape[1])
+    for img in (rng.integers(0, 256, shape).astype(np.uint8),
+                (rng.normal(120, 40, shape).clip(0, 255)).astype(np.uint8)):
+        x = img.astype(np.float64)
+        lap = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+        dx, dy = np.abs(np.diff(x, axis=1)), np.abs(np.diff(x, axis=0))
+        want = {"spread": x.std() / 255, "mode_fraction": np.bincount(img.ravel()).max() / img.size,
+                "fine_detail": np.abs(lap).mean() / 255, "asymmetry": np.abs(x - x[:, ::-1]).mean() / 255,
+                "edge_density": ((dx > 64).sum() + (dy > 64).sum()) / (dx.size + dy.size)}
+        got = ImageStats.of(img)
+        for name, value in want.items():
+            assert getattr(got, name) == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
 def test_report_is_json_with_rounded_rates(fitted):
     det, _, val, mixing = fitted
     far = gaussian(np.random.default_rng(2), 7, mixing.shape[0], shift=4.0, mixing=mixing)
