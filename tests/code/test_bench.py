@@ -270,3 +270,29 @@ def test_squash_estimator_reads_a_change_of_shape_and_canonical_undoes_it():
     assert shape(looks_wide) > 1.2 and shape(looks_squashed) < 0.9       # moved towards the target, either way
     clipped = squashed(film[None], np.array([CANONICAL_LIMIT]))[0]
     assert shape(looks_wide) == shape(clipped)                            # -5 is clipped to the limit
+
+
+def test_subtype_pooling_keeps_side_and_focus_that_the_average_loses():
+    from bench.subtype_pooling import WAYS, pooled, scores
+
+    rng = np.random.default_rng(0)
+    n, channels = 120, 4
+    y = np.arange(n) % 2
+    maps = rng.normal(0, 0.1, (n, 7, 7, channels)).astype(np.float32)
+    # bacterial (1): one strong focus on either side; viral (0): the same total spread over both sides
+    side = rng.integers(0, 2, n)
+    for i in range(n):
+        if y[i]:
+            maps[i, 3, 1 if side[i] else 5, 0] += 4.9
+        else:
+            maps[i, :, :, 0] += 0.1
+    feats = {how: pooled(maps, how) for how in WAYS}
+    assert feats["average"].shape == (n, channels) and feats["left, right halves"].shape == (n, 2 * channels)
+    assert feats["upper, middle, lower thirds"].shape == (n, 3 * channels)
+    # the stronger half is the same whichever side the focus is on
+    focus = feats["stronger, weaker half"][y == 1, 0]
+    assert focus.min() > feats["stronger, weaker half"][y == 0, 0].max()
+    thirds = [np.arange(0, 40), np.arange(40, 80), np.arange(80, 120)]
+    split = {name: (maps[idx], y[idx]) for name, idx in zip(("train", "val", "test"), thirds)}
+    auc = scores(split)
+    assert auc["max"][1] > 0.95 and auc["average"][1] < 0.8
