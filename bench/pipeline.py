@@ -330,7 +330,6 @@ def training_levers(images, repeats: int) -> list[dict]:
 TRAIN_PARTS = (("backbone_cache_s", "  train: backbone cache (frozen bottom, every view)"),
                ("head_fit_s", "  train: head fit"), ("fine_tune_fit_s", "  train: fine-tune fit"),
                ("full_fit_s", "  train: whole network (from scratch)"),
-               ("ood_copies_beside_fine_tuning_s", "  train: the detector's copies (beside fine-tuning: not wall time)"),
                ("ood_fit_s", "  train: not-a-chest-X-ray detector fit"),
                ("subtype_fit_s", "  train: subtype head fit"))
 

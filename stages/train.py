@@ -20,10 +20,8 @@ from cxr import UserError, cli, params
 from cxr.data.dataset import SplitData, load_split
 from cxr.imaging.preprocess import ImagingConfig
 from cxr.io import atomic_path, write_csv
-from cxr.model.cache import bottom_activations
 from cxr.model.network import Architecture, build, embeddings, resolve_weights, weights_fingerprint
 from cxr.model.ood import OodConfig
-from cxr.model.ood_fit import copies as ood_copies
 from cxr.model.ood_fit import fit_on_views
 from cxr.model.subtype import SubtypeConfig
 from cxr.model.subtype_fit import fit_on_model
@@ -87,13 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
         selection = concat(val_split, counterfactual_view(p.raw, val_split.paths, val_split.labels, facts_acq, imaging))
     audit = views_audit(train_split, view_sources)
-
-    def detector_copies(frozen):  # the detector's copies through the frozen bottom: no trained weight needed
-        return [(copy, bottom_activations(frozen, copy))
-                for copy in ood_copies(train_split.images, val_split.images, imaging, cfg.seed)]
-
-    model, history, facts, cache = train(model, train_split, selection, cfg, view_sources, view_positions,
-                                         beside_fine_tuning=detector_copies)
+    model, history, facts, cache = train(model, train_split, selection, cfg, view_sources, view_positions)
     with atomic_path(p.model.parent) as tmp:
         tmp.mkdir(parents=True)
         model.save(tmp / p.model.name)
@@ -102,15 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     if cache is None:  # from scratch: the network is small, every image goes through it
         detector = fit_on_views(lambda x: embeddings(model, x), train_split.images, val_split.images, imaging,
                                 ood_cfg, seed=cfg.seed)
-    else:  # the images training saw reuse its cache; their copies went through the bottom beside fine-tuning
+    else:  # the images training saw reuse its cache; only their re-acquired copies are new
         val_embedding = cache.embed_activations(cache.val[:len(val_split)])
-        embedded_copies = [(copy, cache.embed_activations(acts)) for copy, acts in cache.beside.result()]
-        facts.setdefault("timings_s", {})["ood_copies_beside_fine_tuning_s"] = round(cache.beside.seconds, 1)
         detector = fit_on_views(cache.embed_images, train_split.images, val_split.images, imaging, ood_cfg,
                                 seed=cfg.seed,
                                 train_embedding=None if cache.train_clean is None
                                 else cache.embed_activations(cache.train_clean),
-                                val_embedding=val_embedding, embedded_copies=embedded_copies)
+                                val_embedding=val_embedding)
     detector.save(p.ood)
     facts.setdefault("timings_s", {})["ood_fit_s"] = round(time.time() - fit_started, 1)
     fit_started = time.time()  # last: nothing it does can reach the screening model or the detector

@@ -11,8 +11,6 @@ too. The cache is handed on (:class:`BackboneCache`) to whoever needs the same i
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,31 +41,6 @@ def run_in_batches(run, images: np.ndarray, batch_size: int, augment=None, desc:
     return np.concatenate(out)
 
 
-class Beside:
-    """``fn(*args)`` on a thread of its own, started now; :meth:`result` waits for it (and raises what
-    it raised). For work that needs no trained weights while fine-tuning keeps about one core busy
-    (docs/performance.md). A daemon thread: a training that fails does not wait for it."""
-
-    def __init__(self, fn, *args, name: str = "beside-fine-tuning"):
-        self._value, self._error, self.seconds = None, None, 0.0
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, *args) -> None:
-        started = time.time()
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:  # handed to whoever waits for the result
-            self._error = exc
-        self.seconds = time.time() - started
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 @dataclass
 class BackboneCache:
     """What the cached path computed once, for whoever needs the same images again (the
@@ -81,7 +54,6 @@ class BackboneCache:
     train_clean: np.ndarray | None  # [N, h, w, c] float16, None without a clean view
     val: np.ndarray
     train_views: np.ndarray | None = None  # [N, V, h, w, c] float16: every view training saw
-    beside: Beside | None = None  # train's beside_fine_tuning(frozen), run while the top trained
 
     def embed_activations(self, acts: np.ndarray, batch: int = 256) -> np.ndarray:
         return np.concatenate([np.asarray(self.pooled(acts[i:i + batch].astype(np.float32), training=False))
@@ -89,12 +61,8 @@ class BackboneCache:
 
     def embed_images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Embeddings of new uint8 ``[N, S, S]`` images: the bottom once, then the top."""
-        return self.embed_activations(bottom_activations(self.frozen, images, batch_size))
-
-
-def bottom_activations(frozen, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The frozen bottom's float32 activations of new uint8 ``[N, S, S]`` images (no augmentation)."""
-    return run_in_batches(frozen, images, batch_size, None, "backbone (new images)", dtype=np.float32)
+        return self.embed_activations(run_in_batches(self.frozen, images, batch_size, None, "backbone (new images)",
+                                                     dtype=np.float32))
 
 
 def _cached_batches(acts, labels, weights, batch_size: int, seed: int, paired: bool, positions=None,

@@ -27,32 +27,17 @@ def reacquired(images: np.ndarray, imaging, seed: int) -> np.ndarray:
     return map_images(one, list(range(len(images))), imaging.image_size)
 
 
-def copies(train_images: np.ndarray, val_images: np.ndarray, imaging, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The re-acquired copy of each training and of each validation X-ray that :func:`fit_on_views`
-    fits with ``seed``. Nothing here depends on the trained model: a caller may make them (and run
-    them through the frozen part of the network) while the model trains."""
-    return reacquired(train_images, imaging, seed), reacquired(val_images, imaging, seed + 1)
-
-
 def fit_on_views(embed, train_images: np.ndarray, val_images: np.ndarray, imaging, cfg: ood.OodConfig,
                  seed: int, train_embedding: np.ndarray | None = None,
-                 val_embedding: np.ndarray | None = None, embedded_copies=None) -> ood.OodDetector:
+                 val_embedding: np.ndarray | None = None) -> ood.OodDetector:
     """Fit on the training X-rays and one re-acquired copy of each; choose the threshold on the
     validation X-rays and theirs. ``embed``: uint8 ``[N, S, S]`` -> ``[N, D]`` (the model's),
-    called only for images whose embedding is not given (training's cache has the originals').
-    ``embedded_copies``: ``((train copies, their embedding), (val copies, theirs))``, the
-    :func:`copies` of this ``seed``, when the caller has embedded them already."""
-    def features(images: np.ndarray, known: np.ndarray | None, copy: np.ndarray,
-                 copy_known: np.ndarray | None) -> ood.Features:
-        both = np.concatenate([images, copy])
-        if known is None and copy_known is None:
+    called only for images whose embedding is not given (training's cache has the originals')."""
+    def features(images: np.ndarray, known: np.ndarray | None, view_seed: int) -> ood.Features:
+        copies = reacquired(images, imaging, view_seed)
+        both = np.concatenate([images, copies])
+        if known is None:
             return ood.Features.of(embed(both), both)
-        known = embed(images) if known is None else known
-        copy_known = embed(copy) if copy_known is None else copy_known
-        return ood.Features.of(np.concatenate([known, copy_known]), both)
+        return ood.Features.of(np.concatenate([known, embed(copies)]), both)
 
-    if embedded_copies is None:
-        embedded_copies = [(copy, None) for copy in copies(train_images, val_images, imaging, seed)]
-    (train_copies, train_copies_known), (val_copies, val_copies_known) = embedded_copies
-    return ood.fit(features(train_images, train_embedding, train_copies, train_copies_known),
-                   features(val_images, val_embedding, val_copies, val_copies_known), cfg)
+    return ood.fit(features(train_images, train_embedding, seed), features(val_images, val_embedding, seed + 1), cfg)

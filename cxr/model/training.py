@@ -31,8 +31,8 @@ import numpy as np
 
 from cxr import UserError
 from cxr.data.dataset import SplitData
-from cxr.model.cache import (BackboneCache, Beside, PairBatches, PositionBatches, ViewBatches, aspect_response,
-                             aspect_slope, decorrelated_top, paired_top, run_in_batches)
+from cxr.model.cache import (BackboneCache, PairBatches, PositionBatches, ViewBatches, aspect_response, aspect_slope,
+                             decorrelated_top, paired_top, run_in_batches)
 from cxr.model.fitting import batch_logits, compile_binary, platt_scaling, separable, weight_average
 from cxr.model.from_scratch import fit_from_scratch
 from cxr.model.train_config import Augment, TrainConfig, class_weights, sample_weights, subtype_targets
@@ -213,8 +213,7 @@ def fit_member(model, top, cfg: TrainConfig, train_feats, val_feats, train_acts,
 
 
 def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_sources: list[np.ndarray] | None = None,
-          view_positions: np.ndarray | None = None,
-          beside_fine_tuning=None) -> tuple[object, list[dict], dict, BackboneCache | None]:
+          view_positions: np.ndarray | None = None) -> tuple[object, list[dict], dict, BackboneCache | None]:
     """Train ``model``. Returns (the trained model: ``model`` itself, or with ``members`` > 1 one
     model averaging the members' tops on its bottom; per-epoch history rows; summary facts; the
     backbone cache of the cached path, or None from scratch).
@@ -226,10 +225,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
     are measured on (with ``select_on: val+counterfactual``, validation and its counterfactual
     copies). ``view_positions`` (``[N, V]``, :func:`cxr.shift.robustness.aspect_positions` of each
     cached view, NaN where it was not moved) is what ``train.decorrelation`` reads; with them the
-    summary says how the trained top's score follows the moved views' shape. ``beside_fine_tuning``
-    (optional, cached path only): a function of the frozen bottom's runner that needs no trained
-    weights, run on a thread of its own from the moment the cache is built; the returned cache's
-    ``beside`` holds it."""
+    summary says how the trained top's score follows the moved views' shape."""
     import keras
 
     from cxr.imaging.preprocess import to_model_input
@@ -271,8 +267,6 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         val_acts = run_in_batches(frozen, val.images, cfg.batch_size, None, "backbone val")
         timings["backbone_cache_s"] = time.time() - t0
         facts["cached_activation_shape"] = list(train_acts.shape)
-        # Keras trains the top on about one of the cores: the other does what needs no trained weights
-        beside = None if beside_fine_tuning is None else Beside(beside_fine_tuning, frozen)
 
         # Pooled features of the frozen network (the top as loaded: the same for every member).
         t0 = time.time()
@@ -330,7 +324,7 @@ def train(model, train: SplitData, val: SplitData, cfg: TrainConfig, view_source
         facts["fine_tune_from"] = cfg.fine_tune_from
         clean = cfg.clean_view or not view_sources
         cache = BackboneCache(frozen=frozen, pooled=pooled, train_clean=train_acts[:, 0] if clean else None,
-                              val=val_acts, train_views=train_acts, beside=beside)
+                              val=val_acts, train_views=train_acts)
 
     for layer in model.layers:
         layer.trainable = True

@@ -236,32 +236,6 @@ def test_image_stats_are_the_plain_float_formulas(shape):
             assert getattr(got, name) == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
 
-def test_the_detector_is_the_same_when_the_caller_embedded_the_copies():
-    """The train stage embeds the detector's copies beside fine-tuning and hands them in: the same
-    copies (seeded as fit_on_views makes them), so the same detector."""
-    from cxr.imaging.preprocess import ImagingConfig
-    from cxr.model.ood_fit import copies, fit_on_views
-
-    rng = np.random.default_rng(5)
-    imaging = ImagingConfig(32, "none")
-    train_images, val_images = (rng.normal(110, 30, (n, 32, 32)).clip(0, 255).astype(np.uint8) for n in (60, 40))
-    project = rng.normal(size=(32 * 32, 6))
-
-    def embed(images):
-        return images.reshape(len(images), -1).astype(np.float64) @ project / 1000
-
-    cfg = OodConfig(val_pass_rate=0.95)
-    alone = fit_on_views(embed, train_images, val_images, imaging, cfg, seed=3)
-    made = copies(train_images, val_images, imaging, seed=3)
-    handed = fit_on_views(embed, train_images, val_images, imaging, cfg, seed=3, train_embedding=embed(train_images),
-                          val_embedding=embed(val_images), embedded_copies=[(c, embed(c)) for c in made])
-    for name in ("mean", "scale", "whiten", "stat_center", "stat_scale", "test_scale"):
-        np.testing.assert_allclose(getattr(handed, name), getattr(alone, name), rtol=1e-12, atol=0, err_msg=name)
-    assert handed.threshold == pytest.approx(alone.threshold, rel=1e-12)
-    other = copies(train_images, val_images, imaging, seed=4)[0]
-    assert not np.array_equal(other, made[0])  # the seed decides the copies
-
-
 def test_report_is_json_with_rounded_rates(fitted):
     det, _, val, mixing = fitted
     far = gaussian(np.random.default_rng(2), 7, mixing.shape[0], shift=4.0, mixing=mixing)

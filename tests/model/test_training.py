@@ -146,19 +146,10 @@ def test_cached_backbone_training_learns_and_full_model_matches_top():
     from cxr.model.network import Architecture, build, predict
     from cxr.model.training import train
 
-    from cxr.model.cache import bottom_activations
-
     train_set, val_set = blobs(64, 224, 0), blobs(32, 224, 1)
-    new_images = blobs(8, 224, 2).images
     model = build(224, Architecture(alpha=1.0, dropout=0.1), weights=str(WEIGHTS))
-    _, history, facts, cache = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6,
-                                                                     fine_tune_epochs=2),
-                                     beside_fine_tuning=lambda frozen: bottom_activations(frozen, new_images))
+    _, history, facts, _ = train(model, train_set, val_set, cfg(weights=str(WEIGHTS), head_epochs=6, fine_tune_epochs=2))
     assert facts["mode"] == "cached_backbone"
-    # what ran beside fine-tuning is what the frozen bottom gives those images afterwards
-    beside = cache.beside.result()
-    assert beside.shape == (8, 7, 7, 160) and cache.beside.seconds > 0
-    np.testing.assert_array_equal(beside, bottom_activations(cache.frozen, new_images))
     assert facts["cached_activation_shape"][:2] == [64, 2]
     assert {row["phase"] for row in history} == {"head", "fine_tune"}
     p = predict(model, val_set.images)
@@ -167,24 +158,6 @@ def test_cached_backbone_training_learns_and_full_model_matches_top():
     assert roc_auc_score(val_set.labels, p) > 0.9
     # Calibration folded into the logit layer: mean probability close to the positive rate.
     assert abs(p.mean() - val_set.labels.mean()) < 0.2
-
-
-def test_beside_runs_while_the_caller_goes_on_and_hands_back_value_or_error():
-    import threading
-
-    from cxr.model.cache import Beside
-
-    go = threading.Event()
-    waiting = Beside(lambda: go.wait(10) and "done")
-    assert waiting._thread.is_alive()  # started, and the caller was not held up
-    go.set()
-    assert waiting.result() == "done" and waiting.result() == "done"
-
-    def fails():
-        raise ValueError("no such image")
-
-    with pytest.raises(ValueError, match="no such image"):
-        Beside(fails).result()
 
 
 def test_bad_train_params_are_reported():
