@@ -63,10 +63,13 @@ def main() -> int:
         print(f"no JPEGs under {args.originals}", file=sys.stderr)
         return 2
     ref = pipeline_probabilities(args.project, [f.name for f in files])
-    rows = []
+    rows, refused = [], []
     with httpx.Client(timeout=60) as client:
         for f in files:
             r = client.post(f"{args.url}/predict", files={"image": (f.name, f.read_bytes(), "image/jpeg")})
+            if r.status_code == 422:  # refused (not a chest X-ray, says the detector): no label to compare
+                refused.append((f.parent.name, f.name, r.json().get("error", r.text)))
+                continue
             r.raise_for_status()
             served = r.json()
             if f.name in ref:
@@ -82,6 +85,8 @@ def main() -> int:
     print(f"\n{len(rows)} of {len(files)} originals found in the run; |served - pipeline|: median "
           f"{np.median(diffs):.4f}, mean {diffs.mean():.4f}, max {diffs.max():.4f}; labels agree on {agree}/{len(rows)}; "
           f"served label correct on {sum(r[5] == r[0] for r in rows)}/{len(rows)}")
+    for truth, name, why in refused:
+        print(f"refused by the service (422): {truth} {name}: {why}")
     return 0
 
 
