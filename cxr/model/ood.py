@@ -104,7 +104,7 @@ class ImageStats:
 
     @classmethod
     def of(cls, image: np.ndarray) -> "ImageStats":
-        # Per served request, so in integers and from the histogram: no float copy of the image.
+        # Run on every served request: in integers (an int16 copy, no float one), the spread from the histogram.
         img = np.asarray(image)
         if img.ndim != 2 or min(img.shape) < 3:
             raise ValueError(f"ImageStats needs a 2-D image of at least 3x3 pixels, got shape {img.shape}")
