@@ -29,21 +29,30 @@ STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)  # sklearn's C
 
 
 def pooled(maps: np.ndarray, how: str) -> np.ndarray:
-    """``[N, H, W, C]`` maps -> ``[N, F]`` features. The image's left half is the patient's right."""
+    """``[N, H, W, C]`` maps -> ``[N, F]`` features, pooled as ``how`` (one of :data:`WAYS`). The image's
+    left half is the patient's right."""
     m = maps.astype(np.float32)
     width = m.shape[2]
-    left, right = m[:, :, : width // 2].mean((1, 2)), m[:, :, (width + 1) // 2 :].mean((1, 2))
-    ways = {
-        "average": lambda: m.mean((1, 2)),
-        "max": lambda: m.max((1, 2)),
-        "average + max": lambda: np.concatenate([m.mean((1, 2)), m.max((1, 2))], 1),
-        "average + spread": lambda: np.concatenate([m.mean((1, 2)), m.std((1, 2))], 1),
-        "left, right halves": lambda: np.concatenate([left, right], 1),
-        "stronger, weaker half": lambda: np.concatenate([np.maximum(left, right), np.minimum(left, right)], 1),
-        "upper, middle, lower thirds": lambda: np.concatenate(
-            [band.mean((1, 2)) for band in np.array_split(m, 3, axis=1)], 1),
-    }
-    return ways[how]()
+
+    def halves():
+        return m[:, :, : width // 2].mean((1, 2)), m[:, :, (width + 1) // 2 :].mean((1, 2))
+
+    if how == "average":
+        return m.mean((1, 2))
+    if how == "max":
+        return m.max((1, 2))
+    if how == "average + max":
+        return np.concatenate([m.mean((1, 2)), m.max((1, 2))], 1)
+    if how == "average + spread":
+        return np.concatenate([m.mean((1, 2)), m.std((1, 2))], 1)
+    if how == "left, right halves":
+        return np.concatenate(halves(), 1)
+    if how == "stronger, weaker half":
+        left, right = halves()
+        return np.concatenate([np.maximum(left, right), np.minimum(left, right)], 1)
+    if how == "upper, middle, lower thirds":
+        return np.concatenate([band.mean((1, 2)) for band in np.array_split(m, 3, axis=1)], 1)
+    raise ValueError(f"unknown pooling {how!r}: one of {WAYS}")
 
 
 WAYS = ("average", "max", "average + max", "average + spread", "left, right halves", "stronger, weaker half",
@@ -97,14 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     per_run = {run.name: scores(maps_of(run)) for run in args.runs}
-    rows = []
-    for how in WAYS:
-        tests = np.array([per_run[r][how][1] for r in per_run])
-        rows.append({"pooling of the 7 x 7 map": how,
-                     **{f"test AUC {r}": f"{per_run[r][how][1]:.4f}" for r in per_run},
-                     "mean": f"{tests.mean():.4f}", "vs average": f"{tests.mean() - rows[0]['_mean']:+.4f}"
-                     if rows else "", "_mean": tests.mean()})
-    print(render_table(rows, [k for k in rows[0] if not k.startswith("_")]))
+    means = {how: float(np.mean([per_run[r][how][1] for r in per_run])) for how in WAYS}
+    rows = [{"pooling of the 7 x 7 map": how, **{f"test AUC {r}": f"{per_run[r][how][1]:.4f}" for r in per_run},
+             "mean": f"{means[how]:.4f}", "vs average": f"{means[how] - means['average']:+.4f}"} for how in WAYS]
+    print(render_table(rows, list(rows[0])))
     return 0
 
 

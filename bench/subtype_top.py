@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         # The screening schedule itself (head, then the top), not a copy of it: only the targets differ.
         fit_member(model, top, cfg, feats, val_feats, train_acts, val_acts, y_train, sample_w,
-                    y_val.astype(np.float32), seed, 0, 0, {"head_fit_s": 0.0, "fine_tune_fit_s": 0.0}, [])
+                   y_val.astype(np.float32), seed, 0, 0, {"head_fit_s": 0.0, "fine_tune_fit_s": 0.0}, [])
         scores = {n: np.asarray(top(a)).ravel() for n, a in (("val", val_acts), ("test", test_acts))}
         rows.append({"subtype model": f"fine-tuned top, seed {seed}",
                      "val ROC AUC": f"{roc_auc_score(y_val, scores['val']):.4f}",
